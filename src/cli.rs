@@ -1,0 +1,199 @@
+//! Command-line interface (design.md §3): argument definitions and value parsers. The commands
+//! themselves live in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::format::{Compression, Stream};
+
+/// Serve Hexz snapshot archives over HTTP ranges and NBD.
+#[derive(Debug, Parser)]
+#[command(name = "hexzd", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Pack a raw image (and optionally a second "aux" stream) into a .hxz archive.
+    Pack(PackArgs),
+    /// Describe an archive: codec, streams, blocks, pages, ratio, parents, encryption.
+    Inspect(InspectArgs),
+    /// Write a stream (or a range of it) to standard output.
+    Cat(CatArgs),
+    /// Check every block: CRC, decryption, decoding, BLAKE3, parent references.
+    Verify(VerifyArgs),
+}
+
+/// Where an encrypted archive's password comes from.
+#[derive(Debug, Args, Clone, Default)]
+pub struct PasswordArgs {
+    /// File holding the password of an encrypted archive (one trailing newline is ignored).
+    /// Without it, CLI commands read HEXZ_PASSWORD.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+/// `hexzd pack`.
+#[derive(Debug, Args)]
+pub struct PackArgs {
+    /// Raw input for the main stream (file or block device).
+    pub input: PathBuf,
+    /// Archive to create.
+    pub output: PathBuf,
+    /// Block codec.
+    #[arg(long, value_enum, default_value = "lz4")]
+    pub compression: Codec,
+    /// Fixed block size (bytes; K/M suffixes allowed, e.g. 64K).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size_u32, default_value = "65536")]
+    pub block_size: u32,
+    /// Raw input for the auxiliary ("memory") stream.
+    #[arg(long, value_name = "FILE")]
+    pub aux: Option<PathBuf>,
+    /// Write a thin snapshot: blocks the base archive (or its parents) holds become references.
+    #[arg(long, value_name = "PARENT.hxz")]
+    pub base: Option<PathBuf>,
+    /// Encrypt blocks with AES-256-GCM (password from --password-file or HEXZ_PASSWORD).
+    #[arg(long)]
+    pub encrypt: bool,
+    /// Password (for --encrypt, and for an encrypted --base).
+    #[command(flatten)]
+    pub password: PasswordArgs,
+    /// Replace OUTPUT if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Compression threads (0 = one per CPU).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+}
+
+/// `--compression` values. Only codecs that are implemented are offered.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Codec {
+    /// LZ4 block with a size prefix (Hexz default).
+    Lz4,
+    /// One Zstd frame per block, level 3.
+    Zstd,
+}
+
+impl From<Codec> for Compression {
+    fn from(c: Codec) -> Compression {
+        match c {
+            Codec::Lz4 => Compression::Lz4,
+            Codec::Zstd => Compression::Zstd,
+        }
+    }
+}
+
+/// `hexzd inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Archive to describe.
+    pub archive: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--stream` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StreamArg {
+    /// The main ("disk") stream.
+    Main,
+    /// The auxiliary ("memory") stream.
+    Aux,
+}
+
+impl From<StreamArg> for Stream {
+    fn from(s: StreamArg) -> Stream {
+        match s {
+            StreamArg::Main => Stream::Main,
+            StreamArg::Aux => Stream::Aux,
+        }
+    }
+}
+
+/// `hexzd cat`.
+#[derive(Debug, Args)]
+pub struct CatArgs {
+    /// Archive to read.
+    pub archive: PathBuf,
+    /// Stream to write.
+    #[arg(long, value_enum, default_value = "main")]
+    pub stream: StreamArg,
+    /// First byte (K/M/G suffixes allowed).
+    #[arg(long, value_parser = parse_size, default_value = "0")]
+    pub offset: u64,
+    /// Bytes to write (default: to the end of the stream).
+    #[arg(long, value_parser = parse_size)]
+    pub length: Option<u64>,
+    /// Password of an encrypted archive.
+    #[command(flatten)]
+    pub password: PasswordArgs,
+}
+
+/// `hexzd verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Archive to check.
+    pub archive: PathBuf,
+    /// Password of an encrypted archive.
+    #[command(flatten)]
+    pub password: PasswordArgs,
+}
+
+/// Parses a byte count: a decimal integer with an optional binary suffix (K, M, G, T, with or
+/// without `iB`/`B`), e.g. `65536`, `64K`, `256MiB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, suffix) = t.split_at(digits);
+    if num.is_empty() {
+        return Err(format!(
+            "{s:?} is not a size (expected e.g. 4096, 64K, 256MiB)"
+        ));
+    }
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is too large"))?;
+    let shift = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => return Err(format!("unknown size suffix {other:?} in {s:?}")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn parse_size_u32(s: &str) -> Result<u32, String> {
+    u32::try_from(parse_size(s)?).map_err(|_| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("12x").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
+        assert!(parse_size("20000000T").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

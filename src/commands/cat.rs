@@ -1,0 +1,65 @@
+//! `hexzd cat ARCHIVE [--stream main|aux] [--offset N] [--length N]`: raw bytes to stdout.
+
+use std::io::{self, Write};
+
+use super::{CommandError, cli_password};
+use crate::cli::CatArgs;
+use crate::format::Stream;
+use crate::store::{Engine, EngineConfig, OpenOptions, Snapshot};
+
+/// Read size: large enough that one read spans many blocks and keeps every worker busy.
+const CHUNK: usize = 8 << 20;
+
+/// Copies the requested range to stdout. A closed pipe (`| head`) ends the copy quietly.
+pub fn run(args: &CatArgs) -> Result<(), CommandError> {
+    let engine = Engine::new(EngineConfig {
+        // Sequential, read once: caching would only cost copies.
+        cache_bytes: 0,
+        ..EngineConfig::default()
+    })
+    .map_err(CommandError::Output)?;
+    let snap = Snapshot::open_with(
+        &args.archive,
+        &engine,
+        &OpenOptions {
+            password: cli_password(&args.password)?,
+            index_only: false,
+        },
+    )?;
+    let stream: Stream = args.stream.into();
+    let size = snap.size(stream);
+    if args.offset > size {
+        return Err(CommandError::Invalid(format!(
+            "offset {} is past the end of the {stream} stream ({size} bytes)",
+            args.offset
+        )));
+    }
+    let end = match args.length {
+        Some(l) => args.offset.saturating_add(l).min(size),
+        None => size,
+    };
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = args.offset;
+    while pos < end {
+        let want = usize::try_from((end - pos).min(CHUNK as u64)).unwrap_or(CHUNK);
+        let n = snap.read_at(stream, pos, &mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        if let Err(e) = out.write_all(&buf[..n]) {
+            return quiet_pipe(e);
+        }
+        pos += n as u64;
+    }
+    out.flush().or_else(quiet_pipe)
+}
+
+fn quiet_pipe(e: io::Error) -> Result<(), CommandError> {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(CommandError::Output(e))
+    }
+}

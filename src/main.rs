@@ -1,0 +1,31 @@
+//! The `hexzd` binary: parses arguments, runs one command, and maps its error to an exit status
+//! (1 for failures, 2 for usage errors, which clap reports itself).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use hexzd::cli::{Cli, Command};
+use hexzd::commands;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    hexzd::logging::init(log::LevelFilter::Warn);
+    let result = match &cli.command {
+        Command::Pack(a) => commands::pack::run(a),
+        Command::Inspect(a) => commands::inspect::run(a),
+        Command::Cat(a) => commands::cat::run(a),
+        Command::Verify(a) => commands::verify::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // `verify` has already listed the bad blocks on stdout.
+        Err(e @ commands::CommandError::BadBlocks(_)) => {
+            eprintln!("hexzd: verify: {e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("hexzd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

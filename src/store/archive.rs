@@ -1,0 +1,497 @@
+//! One opened `.hxz` file: header, master index, validated page directory, lazily loaded index
+//! pages, the decryption key and the parent archives (hexz-format.md §12 "open").
+
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use super::chain::HashIndex;
+use super::engine::{Engine, PageKey};
+use super::{StoreError, Stream};
+use crate::format::crypto::BlockCipher;
+use crate::format::index::decode_page;
+use crate::format::{
+    BlockInfo, BlockKind, HEADER_SIZE, Header, MAX_MASTER_INDEX_BYTES, MasterIndex, PageEntry,
+};
+
+/// hexzd's bound on one serialised index page (a full Hexz page is 213,000 bytes).
+pub const MAX_PAGE_BYTES: u32 = 64 * 1024 * 1024;
+/// Bound on a Zstd dictionary.
+const MAX_DICTIONARY_BYTES: u32 = 64 * 1024 * 1024;
+/// Approximate memory of one parsed block entry (entry plus its start offset).
+const PAGE_ENTRY_MEMORY: usize = std::mem::size_of::<BlockInfo>() + 8;
+
+/// Identity of an opened archive in the engine's registry: the file (device, inode, size,
+/// mtime) and a fingerprint of the password it was opened with.
+pub(crate) type ArchiveKey = (u64, u64, u64, i64, [u8; 32]);
+
+/// A parsed index page with the stream offset of every block.
+#[derive(Debug)]
+pub struct Page {
+    /// The block entries, in stream order.
+    pub blocks: Vec<BlockInfo>,
+    /// `starts[i]` is the stream offset of `blocks[i]`.
+    pub starts: Vec<u64>,
+    /// Global index of `blocks[0]`.
+    pub start_block: u64,
+    /// Stream offset where the page begins.
+    pub start_logical: u64,
+    /// Stream offset where the page's last block ends.
+    pub end_logical: u64,
+}
+
+/// An open archive file. Shared (`Arc`) by every snapshot and chain that uses it.
+#[derive(Debug)]
+pub struct Archive {
+    pub(crate) id: u64,
+    path: PathBuf,
+    file: File,
+    file_len: u64,
+    modified: SystemTime,
+    header: Header,
+    index: MasterIndex,
+    identity: [u8; 32],
+    pub(crate) cipher: Option<BlockCipher>,
+    pub(crate) dictionary: Option<Vec<u8>>,
+    pub(crate) parents: Vec<Arc<Archive>>,
+    /// BLAKE3 → block map over this archive's data blocks, built on first parent lookup.
+    pub(crate) hash_index: OnceLock<Result<HashIndex, StoreError>>,
+}
+
+/// What opening needs beyond the path.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OpenContext<'a> {
+    pub engine: &'a Engine,
+    pub password: Option<&'a [u8]>,
+    /// Parent depth of this archive (0 for the snapshot itself).
+    pub depth: usize,
+    /// Files already on the chain, to refuse cycles.
+    pub chain: &'a [(u64, u64)],
+    /// Open the header and index only: no key derivation, no parents (for `inspect`).
+    pub index_only: bool,
+}
+
+/// Longest parent chain hexzd follows.
+pub const MAX_CHAIN_DEPTH: usize = 32;
+
+impl Archive {
+    /// Opens and validates an archive (and, recursively, its parents).
+    pub(crate) fn open(path: &Path, cx: OpenContext<'_>) -> Result<Arc<Archive>, StoreError> {
+        let file = File::open(path).map_err(|e| StoreError::io(path, "open", e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| StoreError::io(path, "stat", e))?;
+        if !meta.is_file() {
+            return Err(StoreError::corrupt(path, "not a regular file"));
+        }
+        let fingerprint = match cx.password {
+            Some(p) => *blake3::hash(p).as_bytes(),
+            None => [0; 32],
+        };
+        let key: ArchiveKey = (
+            meta.dev(),
+            meta.ino(),
+            meta.len(),
+            meta.mtime().saturating_mul(1_000_000_000) + meta.mtime_nsec(),
+            fingerprint,
+        );
+        if !cx.index_only {
+            if let Some(a) = cx.engine.registered(&key) {
+                return Ok(a);
+            }
+        }
+        if cx.chain.contains(&(meta.dev(), meta.ino())) {
+            return Err(StoreError::corrupt(
+                path,
+                "parent chain loops back to this archive",
+            ));
+        }
+        let file_len = meta.len();
+        let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+
+        let head_len = usize::try_from(file_len.min(HEADER_SIZE as u64)).unwrap_or(HEADER_SIZE);
+        let mut head = vec![0u8; head_len];
+        read_exact_at(&file, path, &mut head, 0, "read header")?;
+        let header = Header::decode(&head).map_err(|source| StoreError::Format {
+            path: path.to_path_buf(),
+            source,
+        })?;
+
+        if header.index_offset < HEADER_SIZE as u64 || header.index_offset >= file_len {
+            return Err(StoreError::corrupt(
+                path,
+                format!(
+                    "index offset {} is outside the file (length {file_len})",
+                    header.index_offset
+                ),
+            ));
+        }
+        let tail = file_len - header.index_offset;
+        let tail_read = tail.min(MAX_MASTER_INDEX_BYTES);
+        let mut tail_buf = vec![0u8; usize::try_from(tail_read).unwrap_or(0)];
+        read_exact_at(
+            &file,
+            path,
+            &mut tail_buf,
+            header.index_offset,
+            "read master index",
+        )?;
+        let index = MasterIndex::decode(&tail_buf).map_err(|source| {
+            if tail > MAX_MASTER_INDEX_BYTES {
+                StoreError::corrupt(path, "master index larger than 64 MiB")
+            } else {
+                StoreError::Format {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
+        for stream in Stream::ALL {
+            validate_pages(
+                path,
+                stream,
+                pages_of(&index, stream),
+                file_len,
+                header.index_offset,
+            )?;
+        }
+
+        let mut identity = blake3::Hasher::new();
+        identity.update(&key.0.to_le_bytes());
+        identity.update(&key.1.to_le_bytes());
+        identity.update(&file_len.to_le_bytes());
+        identity.update(&key.3.to_le_bytes());
+        identity.update(&head);
+        identity.update(&tail_buf[..tail_buf.len().min(1 << 20)]);
+        let identity = *identity.finalize().as_bytes();
+
+        let dictionary = match (header.dictionary_offset, header.dictionary_length) {
+            (Some(off), Some(len)) => {
+                if len > MAX_DICTIONARY_BYTES
+                    || off.checked_add(u64::from(len)).is_none_or(|e| e > file_len)
+                {
+                    return Err(StoreError::corrupt(
+                        path,
+                        format!("Zstd dictionary at {off} (+{len}) lies outside the file"),
+                    ));
+                }
+                let mut d = vec![0u8; len as usize];
+                read_exact_at(&file, path, &mut d, off, "read Zstd dictionary")?;
+                Some(d)
+            }
+            (None, None) => None,
+            _ => {
+                return Err(StoreError::corrupt(
+                    path,
+                    "dictionary offset and length must be both present or both absent",
+                ));
+            }
+        };
+
+        let cipher = match &header.encryption {
+            None => None,
+            Some(_) if cx.index_only => None,
+            Some(params) => {
+                let pw = cx.password.ok_or_else(|| StoreError::NeedsPassword {
+                    path: path.to_path_buf(),
+                })?;
+                Some(
+                    BlockCipher::derive(pw, params).map_err(|source| StoreError::Crypto {
+                        path: path.to_path_buf(),
+                        source,
+                    })?,
+                )
+            }
+        };
+
+        let mut chain = cx.chain.to_vec();
+        chain.push((meta.dev(), meta.ino()));
+        let parents = if cx.index_only {
+            Vec::new()
+        } else {
+            super::chain::open_parents(
+                path,
+                &header,
+                &OpenContext {
+                    chain: &chain,
+                    ..cx
+                },
+            )?
+        };
+
+        let archive = Arc::new(Archive {
+            id: cx.engine.next_archive_id(),
+            path: path.to_path_buf(),
+            file,
+            file_len,
+            modified,
+            header,
+            index,
+            identity,
+            cipher,
+            dictionary,
+            parents,
+            hash_index: OnceLock::new(),
+        });
+        if archive.cipher.is_some() {
+            archive.check_password(cx.engine)?;
+        }
+        if !cx.index_only {
+            cx.engine.register(key, &archive);
+        }
+        Ok(archive)
+    }
+
+    /// Authenticates the first data blocks whose CRC is intact: a tag failure there means the
+    /// password is wrong (the bytes are as written), so say so at open rather than failing
+    /// every read later.
+    fn check_password(&self, engine: &Engine) -> Result<(), StoreError> {
+        // Blocks with a bad CRC say nothing about the password; give up after this many.
+        const TRIES: usize = 8;
+        let mut tried = 0;
+        for stream in Stream::ALL {
+            for p in 0..self.pages(stream).len() {
+                let page = self.page(engine, stream, p)?;
+                for (i, b) in page.blocks.iter().enumerate() {
+                    if b.kind() != BlockKind::Data || b.length > crate::format::MAX_STORED_LEN {
+                        continue;
+                    }
+                    let mut stored = vec![0u8; b.length as usize];
+                    if self.read_stored(b.offset, &mut stored).is_err()
+                        || crate::format::codec::crc32(&stored) != b.checksum
+                    {
+                        tried += 1;
+                        if tried >= TRIES {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    let index = page.start_block + i as u64;
+                    let Some(cipher) = &self.cipher else {
+                        return Ok(());
+                    };
+                    return match cipher.decrypt_in_place(index, &mut stored) {
+                        Ok(_) => Ok(()),
+                        Err(_) => Err(StoreError::WrongPassword {
+                            path: self.path.clone(),
+                            block: index,
+                        }),
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The file this archive was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size of the archive file in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.file_len
+    }
+
+    /// Modification time of the archive file.
+    pub fn modified(&self) -> SystemTime {
+        self.modified
+    }
+
+    /// The decoded header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The decoded master index.
+    pub fn index(&self) -> &MasterIndex {
+        &self.index
+    }
+
+    /// A digest of the file identity, header and master index: changes whenever the served
+    /// bytes can change (used for HTTP ETags).
+    pub fn identity(&self) -> &[u8; 32] {
+        &self.identity
+    }
+
+    /// True when the blocks are encrypted but no key was derived (opened index-only).
+    pub fn locked(&self) -> bool {
+        self.header.encryption.is_some() && self.cipher.is_none()
+    }
+
+    /// The directly referenced parent archives, in header order.
+    pub fn parents(&self) -> &[Arc<Archive>] {
+        &self.parents
+    }
+
+    /// Logical size of a stream.
+    pub fn stream_size(&self, stream: Stream) -> u64 {
+        match stream {
+            Stream::Main => self.index.main_size,
+            Stream::Aux => self.index.aux_size,
+        }
+    }
+
+    /// The page directory of a stream.
+    pub fn pages(&self, stream: Stream) -> &[PageEntry] {
+        pages_of(&self.index, stream)
+    }
+
+    /// Reads the metadata region, if the header names one.
+    pub fn metadata(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let (Some(off), Some(len)) = (self.header.metadata_offset, self.header.metadata_length)
+        else {
+            return Ok(None);
+        };
+        if off
+            .checked_add(u64::from(len))
+            .is_none_or(|e| e > self.file_len)
+        {
+            return Err(StoreError::corrupt(
+                &self.path,
+                "metadata lies outside the file",
+            ));
+        }
+        let mut buf = vec![0u8; len as usize];
+        read_exact_at(&self.file, &self.path, &mut buf, off, "read metadata")?;
+        Ok(Some(buf))
+    }
+
+    /// Reads stored block bytes at `offset` into `buf` (bounds already checked by the caller).
+    pub(crate) fn read_stored(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    /// Loads (or finds in the page cache) page `idx` of `stream`.
+    pub(crate) fn page(
+        &self,
+        engine: &Engine,
+        stream: Stream,
+        idx: usize,
+    ) -> Result<Arc<Page>, StoreError> {
+        let key: PageKey = (self.id, stream_number(stream), idx);
+        if let Some(p) = engine.pages.get(&key) {
+            return Ok(p);
+        }
+        let entries = self.pages(stream);
+        let entry = entries[idx];
+        let mut bytes = vec![0u8; entry.length as usize];
+        read_exact_at(
+            &self.file,
+            &self.path,
+            &mut bytes,
+            entry.offset,
+            "read index page",
+        )?;
+        let blocks = decode_page(&bytes).map_err(|source| StoreError::Format {
+            path: self.path.clone(),
+            source,
+        })?;
+        let corrupt = |detail: String| {
+            StoreError::corrupt(&self.path, format!("{stream} stream page {idx}: {detail}"))
+        };
+        let mut starts = Vec::with_capacity(blocks.len());
+        let mut pos = entry.start_logical;
+        for b in &blocks {
+            starts.push(pos);
+            pos = pos
+                .checked_add(u64::from(b.logical_len))
+                .ok_or_else(|| corrupt("block offsets overflow".into()))?;
+        }
+        entry
+            .start_block
+            .checked_add(blocks.len() as u64)
+            .ok_or_else(|| corrupt("block numbers overflow".into()))?;
+        if let Some(next) = entries.get(idx + 1) {
+            if pos > next.start_logical {
+                return Err(corrupt(format!(
+                    "blocks end at stream offset {pos}, past the next page's start {}",
+                    next.start_logical
+                )));
+            }
+        }
+        let page = Arc::new(Page {
+            starts,
+            start_block: entry.start_block,
+            start_logical: entry.start_logical,
+            end_logical: pos,
+            blocks,
+        });
+        engine.pages.insert(
+            key,
+            Arc::clone(&page),
+            page.blocks.len() * PAGE_ENTRY_MEMORY,
+        );
+        Ok(page)
+    }
+}
+
+pub(crate) fn stream_number(stream: Stream) -> u8 {
+    match stream {
+        Stream::Main => 0,
+        Stream::Aux => 1,
+    }
+}
+
+fn pages_of(index: &MasterIndex, stream: Stream) -> &[PageEntry] {
+    match stream {
+        Stream::Main => &index.main_pages,
+        Stream::Aux => &index.aux_pages,
+    }
+}
+
+fn read_exact_at(
+    file: &File,
+    path: &Path,
+    buf: &mut [u8],
+    offset: u64,
+    op: &'static str,
+) -> Result<(), StoreError> {
+    file.read_exact_at(buf, offset)
+        .map_err(|e| StoreError::io(path, op, e))
+}
+
+/// Checks a page directory against the file before any page is read (hexz-format.md §12).
+fn validate_pages(
+    path: &Path,
+    stream: Stream,
+    pages: &[PageEntry],
+    file_len: u64,
+    index_offset: u64,
+) -> Result<(), StoreError> {
+    let mut prev_logical = 0u64;
+    for (i, p) in pages.iter().enumerate() {
+        let bad = |detail: String| {
+            StoreError::corrupt(path, format!("{stream} stream page {i}: {detail}"))
+        };
+        let end = p
+            .offset
+            .checked_add(u64::from(p.length))
+            .ok_or_else(|| bad("offset overflows".into()))?;
+        if p.offset < HEADER_SIZE as u64 || end > file_len {
+            return Err(bad(format!(
+                "bytes {}..{end} lie outside the file (length {file_len})",
+                p.offset
+            )));
+        }
+        if end > index_offset {
+            return Err(bad(format!(
+                "bytes {}..{end} overlap the master index at {index_offset}",
+                p.offset
+            )));
+        }
+        if p.length < 8 || p.length > MAX_PAGE_BYTES {
+            return Err(bad(format!("length {} is out of range", p.length)));
+        }
+        if p.start_logical < prev_logical {
+            return Err(bad(format!(
+                "starts at stream offset {}, before the previous page ({prev_logical}): pages out of order",
+                p.start_logical
+            )));
+        }
+        prev_logical = p.start_logical;
+    }
+    Ok(())
+}

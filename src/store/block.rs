@@ -1,0 +1,56 @@
+//! Decoding one stored block (hexz-format.md §12 step 3): bounds check, read, CRC, decrypt,
+//! decompress to exactly `logical_len` bytes. Runs on a pool worker.
+
+use super::BlockFault;
+use super::archive::Archive;
+use super::pool::Scratch;
+use crate::format::codec::check_crc;
+use crate::format::{BlockInfo, MAX_BLOCK_LEN, MAX_STORED_LEN};
+
+/// Decodes the data block `info` (global index `index`) of `archive`.
+pub(crate) fn decode(
+    archive: &Archive,
+    info: &BlockInfo,
+    index: u64,
+    scratch: &mut Scratch,
+) -> Result<Vec<u8>, BlockFault> {
+    if archive.locked() {
+        return Err(BlockFault::Locked);
+    }
+    if info.logical_len > MAX_BLOCK_LEN {
+        return Err(BlockFault::TooLarge(info.logical_len));
+    }
+    if info.length > MAX_STORED_LEN {
+        return Err(BlockFault::StoredTooLarge(info.length));
+    }
+    if info.length == 0 {
+        return Err(BlockFault::Invalid(info.offset));
+    }
+    let past_eof = BlockFault::PastEof {
+        offset: info.offset,
+        length: info.length,
+        file_len: archive.file_len(),
+    };
+    match info.offset.checked_add(u64::from(info.length)) {
+        Some(end) if end <= archive.file_len() => {}
+        _ => return Err(past_eof),
+    }
+    let stored = &mut scratch.stored;
+    stored.resize(info.length as usize, 0);
+    archive
+        .read_stored(info.offset, stored)
+        .map_err(|e| BlockFault::Io(std::sync::Arc::new(e)))?;
+    check_crc(stored, info.checksum)?;
+    let plain_len = match &archive.cipher {
+        Some(cipher) => cipher.decrypt_in_place(index, stored)?,
+        None => stored.len(),
+    };
+    let mut out = vec![0u8; info.logical_len as usize];
+    scratch.codec.decompress(
+        archive.header().compression,
+        &stored[..plain_len],
+        &mut out,
+        archive.dictionary.as_deref(),
+    )?;
+    Ok(out)
+}

@@ -1,0 +1,137 @@
+//! The shared machinery behind every snapshot of a process: the block cache, the page cache,
+//! the decompression pool, the registry of open archives (so a parent shared by several thin
+//! snapshots is opened and hash-indexed once) and the store's counters.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use super::StoreError;
+use super::archive::{Archive, ArchiveKey, Page};
+use super::cache::ShardedCache;
+use super::pool::Pool;
+
+/// Cache key of a decoded block: archive id, file offset of the stored bytes, and (for
+/// encrypted archives, where the nonce depends on it) the global block index.
+pub(crate) type BlockKey = (u64, u64, u64);
+/// A decoded block, shared by the cache and every reader copying from it.
+pub(crate) type BlockData = Arc<Vec<u8>>;
+pub(crate) type BlockCache = ShardedCache<BlockKey, BlockData, StoreError>;
+/// Cache key of a parsed index page: archive id, stream number, page number.
+pub(crate) type PageKey = (u64, u8, usize);
+pub(crate) type PageCache = ShardedCache<PageKey, Arc<Page>, StoreError>;
+
+/// Sizes of the caches and the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Bytes of decompressed blocks to keep; 0 disables the block cache.
+    pub cache_bytes: usize,
+    /// Bytes of parsed index pages to keep (about 64 bytes per block entry).
+    pub page_cache_bytes: usize,
+    /// Decompression workers; 0 means one per CPU.
+    pub workers: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            cache_bytes: 256 << 20,
+            page_cache_bytes: 64 << 20,
+            workers: 0,
+        }
+    }
+}
+
+/// Counters of the store, exported by `/metrics`. Monotonic unless noted.
+#[derive(Debug, Default)]
+pub struct StoreMetrics {
+    /// Block lookups answered from the cache.
+    pub cache_hits: AtomicU64,
+    /// Block lookups that had to wait for a decode (their own or another reader's).
+    pub cache_misses: AtomicU64,
+    /// Blocks decoded by the pool.
+    pub decompressions: AtomicU64,
+    /// Stored bytes read from archive files.
+    pub stored_bytes_read: AtomicU64,
+    /// Blocks that failed to decode (CRC, codec, tag, I/O).
+    pub block_errors: AtomicU64,
+}
+
+impl StoreMetrics {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// The process-wide store context. Snapshots hold an `Arc<Engine>`; dropping the last one
+/// stops the workers.
+#[derive(Debug)]
+pub struct Engine {
+    pub(crate) blocks: Arc<BlockCache>,
+    pub(crate) pages: PageCache,
+    pub(crate) pool: Pool,
+    /// Store counters.
+    pub metrics: Arc<StoreMetrics>,
+    next_id: AtomicU64,
+    /// Open archives by file identity and password, so each file is opened and indexed once.
+    archives: Mutex<HashMap<ArchiveKey, Weak<Archive>>>,
+    config: EngineConfig,
+}
+
+impl Engine {
+    /// Starts the worker pool and allocates the (empty) caches.
+    pub fn new(config: EngineConfig) -> std::io::Result<Arc<Engine>> {
+        let workers = if config.workers == 0 {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        } else {
+            config.workers
+        };
+        Ok(Arc::new(Engine {
+            blocks: Arc::new(ShardedCache::new(config.cache_bytes)),
+            pages: ShardedCache::new(config.page_cache_bytes),
+            pool: Pool::new(workers)?,
+            metrics: Arc::new(StoreMetrics::default()),
+            next_id: AtomicU64::new(1),
+            archives: Mutex::new(HashMap::new()),
+            config: EngineConfig { workers, ..config },
+        }))
+    }
+
+    /// The configuration in effect (with `workers` resolved).
+    pub fn config(&self) -> EngineConfig {
+        self.config
+    }
+
+    /// Number of decompression workers.
+    pub fn workers(&self) -> usize {
+        self.pool.size()
+    }
+
+    /// Bytes currently held by the block cache.
+    pub fn cache_used(&self) -> usize {
+        self.blocks.used()
+    }
+
+    pub(crate) fn next_archive_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Returns the archive already open for this file, if any.
+    pub(crate) fn registered(&self, key: &ArchiveKey) -> Option<Arc<Archive>> {
+        let map = self
+            .archives
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(key).and_then(Weak::upgrade)
+    }
+
+    /// Records an opened archive (and forgets files no longer open).
+    pub(crate) fn register(&self, key: ArchiveKey, archive: &Arc<Archive>) {
+        let mut map = self
+            .archives
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.retain(|_, w| w.strong_count() > 0);
+        map.insert(key, Arc::downgrade(archive));
+    }
+}

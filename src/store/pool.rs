@@ -1,0 +1,124 @@
+//! The fixed pool of decompression workers, fed by a bounded crossbeam channel.
+//!
+//! Each worker owns its scratch state (codec contexts and a reusable buffer for stored bytes),
+//! so the hot path allocates only the decompressed block itself. A job that panics is caught:
+//! the worker survives and the job's own drop guard reports the failure to its readers.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+
+use crate::format::codec::CodecContext;
+
+/// State a worker keeps between jobs.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    /// Zstd contexts.
+    pub codec: CodecContext,
+    /// Buffer for the stored bytes of one block, reused across jobs.
+    pub stored: Vec<u8>,
+}
+
+/// A unit of work run on a worker thread.
+pub type Job = Box<dyn FnOnce(&mut Scratch) + Send + 'static>;
+
+/// Jobs queued per worker before submitters block. Large enough that one 32 MiB read of 64 KiB
+/// blocks (512 jobs) rarely waits on the queue; small enough to bound memory.
+const QUEUE_PER_WORKER: usize = 256;
+
+/// A fixed set of worker threads. Dropping the pool lets the workers finish the queue and exit.
+#[derive(Debug)]
+pub struct Pool {
+    tx: Option<Sender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    /// Starts `n` workers (at least one), named `hexzd-worker-N`.
+    pub fn new(n: usize) -> std::io::Result<Pool> {
+        let n = n.max(1);
+        let (tx, rx) = bounded::<Job>(n * QUEUE_PER_WORKER);
+        let mut workers = Vec::with_capacity(n);
+        for i in 0..n {
+            let rx: Receiver<Job> = rx.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("hexzd-worker-{i}"))
+                    .spawn(move || {
+                        let mut scratch = Scratch::default();
+                        for job in rx {
+                            // A panicking job must not take the worker (and the daemon's
+                            // decompression capacity) with it.
+                            if catch_unwind(AssertUnwindSafe(|| job(&mut scratch))).is_err() {
+                                log::error!("a decompression job panicked; worker continues");
+                                scratch = Scratch::default();
+                            }
+                        }
+                    })?,
+            );
+        }
+        Ok(Pool {
+            tx: Some(tx),
+            workers,
+        })
+    }
+
+    /// Number of worker threads.
+    pub fn size(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Queues a job, blocking while the queue is full. Runs it on the calling thread if the
+    /// pool is shutting down, so no caller ever waits for a job that will not run.
+    pub fn submit(&self, job: Job) {
+        match &self.tx {
+            Some(tx) => {
+                if let Err(e) = tx.send(job) {
+                    (e.into_inner())(&mut Scratch::default());
+                }
+            }
+            None => job(&mut Scratch::default()),
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.tx.take();
+        for w in self.workers.drain(..) {
+            // Joining from a worker thread itself would deadlock; workers never own the pool.
+            let _ = w.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn runs_every_job_and_survives_panics() {
+        let pool = Pool::new(3).unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for i in 0..100 {
+            let count = Arc::clone(&count);
+            let tx = tx.clone();
+            pool.submit(Box::new(move |_s| {
+                if i == 50 {
+                    panic!("boom");
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                tx.send(()).unwrap();
+            }));
+        }
+        for _ in 0..99 {
+            rx.recv().unwrap();
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 99);
+        assert_eq!(pool.size(), 3);
+    }
+}

@@ -1,0 +1,580 @@
+//! `Snapshot`: the one storage API of hexzd. `read_at` plans a read over the index (hexz-format.md
+//! §12), copies cached blocks at once, hands every missing block to the worker pool in one go
+//! (so a large read uses every core) and copies the others as they complete.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::archive::{Archive, OpenContext, Page};
+use super::block::decode;
+use super::cache::{Lookup, Pending};
+use super::chain::{is_zero_block_hash, resolve};
+use super::engine::{BlockCache, BlockData, BlockKey, Engine, EngineConfig, StoreMetrics};
+use super::{BlockFault, StoreError, Stream};
+use crate::format::{BlockInfo, BlockKind};
+
+/// Options for [`Snapshot::open_with`].
+#[derive(Clone, Default)]
+pub struct OpenOptions {
+    /// Password of an encrypted archive (and of encrypted parents).
+    pub password: Option<Vec<u8>>,
+    /// Open the header and index only: no key, no parents. Reads of data blocks then fail;
+    /// `inspect` uses this to describe archives it cannot decrypt or whose parents are absent.
+    pub index_only: bool,
+}
+
+impl std::fmt::Debug for OpenOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenOptions")
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("index_only", &self.index_only)
+            .finish()
+    }
+}
+
+/// Whether a range of a stream holds stored data or reads as zeros.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtentKind {
+    /// Backed by stored (or parent) blocks. May still contain zeros.
+    Data,
+    /// Sparse entries or the zero-filled tail: known to read as zeros without decoding.
+    Zero,
+}
+
+/// A run of one kind, in stream offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Stream offset of the first byte.
+    pub offset: u64,
+    /// Length in bytes (never 0).
+    pub length: u64,
+    /// Data or zeros.
+    pub kind: ExtentKind,
+}
+
+/// An open snapshot archive with its parent chain. Cheap to clone; any number of threads may
+/// read at once.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    archive: Arc<Archive>,
+    engine: Arc<Engine>,
+}
+
+/// A piece of a planned read, in stream order.
+enum Piece {
+    /// Bytes not covered by any block: zeros.
+    Gap(u64),
+    /// `len` bytes of entry `i` of `page`, starting `skip` bytes into the block.
+    Entry {
+        page: Arc<Page>,
+        i: usize,
+        skip: u64,
+        len: u64,
+    },
+}
+
+/// A block to copy from, once resolved to the archive that stores it.
+struct Target {
+    archive: Arc<Archive>,
+    info: BlockInfo,
+    index: u64,
+    /// Stream offset of the block in the snapshot being read, for error messages.
+    offset: u64,
+}
+
+impl Target {
+    fn key(&self) -> BlockKey {
+        let nonce = if self.archive.cipher.is_some() {
+            self.index
+        } else {
+            0
+        };
+        (self.archive.id, self.info.offset, nonce)
+    }
+}
+
+/// A copy waiting for its block: destination range and offset inside the block.
+struct Copy {
+    dst: usize,
+    len: usize,
+    skip: usize,
+    target: Target,
+}
+
+impl Snapshot {
+    /// Opens `path` with a private engine (default cache, one worker per CPU). For CLI use; a
+    /// server shares one [`Engine`] between all its snapshots through [`open_with`](Self::open_with).
+    pub fn open(path: impl AsRef<Path>) -> Result<Snapshot, StoreError> {
+        let path = path.as_ref();
+        let engine = Engine::new(EngineConfig::default())
+            .map_err(|e| StoreError::io(path, "start decompression workers", e))?;
+        Snapshot::open_with(path, &engine, &OpenOptions::default())
+    }
+
+    /// Opens `path`, its parents and its key, sharing `engine`'s caches and workers.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        engine: &Arc<Engine>,
+        options: &OpenOptions,
+    ) -> Result<Snapshot, StoreError> {
+        let archive = Archive::open(
+            path.as_ref(),
+            OpenContext {
+                engine,
+                password: options.password.as_deref(),
+                depth: 0,
+                chain: &[],
+                index_only: options.index_only,
+            },
+        )?;
+        Ok(Snapshot {
+            archive,
+            engine: Arc::clone(engine),
+        })
+    }
+
+    /// The archive file and its decoded header and index.
+    pub fn archive(&self) -> &Arc<Archive> {
+        &self.archive
+    }
+
+    /// The engine this snapshot reads through.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Path of the archive.
+    pub fn path(&self) -> &Path {
+        self.archive.path()
+    }
+
+    /// Logical size of `stream` in bytes.
+    pub fn size(&self, stream: Stream) -> u64 {
+        self.archive.stream_size(stream)
+    }
+
+    /// Modification time of the archive file.
+    pub fn modified(&self) -> SystemTime {
+        self.archive.modified()
+    }
+
+    /// Digest of the archive's identity (see [`Archive::identity`]).
+    pub fn identity(&self) -> &[u8; 32] {
+        self.archive.identity()
+    }
+
+    /// Store counters.
+    pub fn metrics(&self) -> &Arc<StoreMetrics> {
+        &self.engine.metrics
+    }
+
+    /// Splits `offset..offset+len` of `stream` into gaps and block pieces.
+    fn plan(&self, stream: Stream, offset: u64, len: u64) -> Result<Vec<Piece>, StoreError> {
+        let mut out = Vec::new();
+        let end = offset + len;
+        let mut pos = offset;
+        let entries = self.archive.pages(stream);
+        let mut p = entries
+            .partition_point(|e| e.start_logical <= offset)
+            .saturating_sub(1);
+        while pos < end && p < entries.len() {
+            let start = entries[p].start_logical;
+            if start >= end {
+                break;
+            }
+            if start > pos {
+                out.push(Piece::Gap(start - pos));
+                pos = start;
+            }
+            let page = self.archive.page(&self.engine, stream, p)?;
+            let mut i = page.starts.partition_point(|&s| s <= pos).saturating_sub(1);
+            while i < page.blocks.len() && pos < end {
+                let bstart = page.starts[i];
+                let bend = bstart + u64::from(page.blocks[i].logical_len);
+                if bend <= pos {
+                    i += 1;
+                    continue;
+                }
+                if bstart > pos {
+                    out.push(Piece::Gap(bstart - pos));
+                    pos = bstart;
+                }
+                let skip = pos - bstart;
+                let take = (bend - pos).min(end - pos);
+                out.push(Piece::Entry {
+                    page: Arc::clone(&page),
+                    i,
+                    skip,
+                    len: take,
+                });
+                pos += take;
+                i += 1;
+            }
+            p += 1;
+        }
+        if pos < end {
+            out.push(Piece::Gap(end - pos));
+        }
+        Ok(out)
+    }
+
+    fn block_error(
+        &self,
+        archive: &Archive,
+        stream: Stream,
+        block: u64,
+        offset: u64,
+        fault: BlockFault,
+    ) -> StoreError {
+        StoreMetrics::add(&self.engine.metrics.block_errors, 1);
+        StoreError::Block {
+            path: archive.path().to_path_buf(),
+            stream,
+            block,
+            offset,
+            fault,
+        }
+    }
+
+    /// Resolves entry `i` of `page` to the block that holds its bytes; `None` for zeros.
+    fn target(&self, stream: Stream, page: &Page, i: usize) -> Result<Option<Target>, StoreError> {
+        let info = page.blocks[i];
+        let index = page.start_block + i as u64;
+        let offset = page.starts[i];
+        match info.kind() {
+            BlockKind::Sparse | BlockKind::Empty => Ok(None),
+            BlockKind::Invalid => Err(self.block_error(
+                &self.archive,
+                stream,
+                index,
+                offset,
+                BlockFault::Invalid(info.offset),
+            )),
+            BlockKind::Data => Ok(Some(Target {
+                archive: Arc::clone(&self.archive),
+                info,
+                index,
+                offset,
+            })),
+            BlockKind::Parent => match resolve(&self.engine, self.archive.parents(), &info.hash)? {
+                Some(r) if r.info.logical_len == info.logical_len => Ok(Some(Target {
+                    archive: r.archive,
+                    info: r.info,
+                    index: r.index,
+                    offset,
+                })),
+                Some(r) => Err(self.block_error(
+                    &self.archive,
+                    stream,
+                    index,
+                    offset,
+                    BlockFault::ParentSize {
+                        expected: info.logical_len,
+                        actual: r.info.logical_len,
+                    },
+                )),
+                None if is_zero_block_hash(&info.hash, info.logical_len) => Ok(None),
+                None => Err(self.block_error(
+                    &self.archive,
+                    stream,
+                    index,
+                    offset,
+                    BlockFault::ParentMissing(hex(&info.hash)),
+                )),
+            },
+        }
+    }
+
+    /// Reads up to `buf.len()` bytes of `stream` at `offset` and returns how many were read:
+    /// `min(buf.len(), size - offset)`, or 0 at or past the end. Bytes not covered by any
+    /// block read as zeros. A block that fails to read, verify or decode fails the whole call;
+    /// `buf` then holds unspecified bytes.
+    pub fn read_at(
+        &self,
+        stream: Stream,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, StoreError> {
+        let size = self.size(stream);
+        if offset >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = usize::try_from((size - offset).min(buf.len() as u64)).unwrap_or(buf.len());
+        let buf = &mut buf[..n];
+        let metrics = &self.engine.metrics;
+        let cache = &self.engine.blocks;
+        let mut misses: Vec<Copy> = Vec::new();
+        let mut dst = 0usize;
+        for piece in self.plan(stream, offset, n as u64)? {
+            match piece {
+                Piece::Gap(len) => {
+                    let len = len as usize;
+                    buf[dst..dst + len].fill(0);
+                    dst += len;
+                }
+                Piece::Entry { page, i, skip, len } => {
+                    let (skip, len) = (skip as usize, len as usize);
+                    match self.target(stream, &page, i)? {
+                        None => buf[dst..dst + len].fill(0),
+                        Some(target) => match cache.get(&target.key()) {
+                            Some(block) => {
+                                StoreMetrics::add(&metrics.cache_hits, 1);
+                                self.copy_out(
+                                    stream,
+                                    &target,
+                                    &block,
+                                    skip,
+                                    &mut buf[dst..dst + len],
+                                )?;
+                            }
+                            None => misses.push(Copy {
+                                dst,
+                                len,
+                                skip,
+                                target,
+                            }),
+                        },
+                    }
+                    dst += len;
+                }
+            }
+        }
+        if !misses.is_empty() {
+            self.fill_misses(stream, buf, &misses)?;
+        }
+        Ok(n)
+    }
+
+    /// Submits every missing block to the pool (or joins a load already in flight), then
+    /// copies each block as soon as it arrives.
+    fn fill_misses(
+        &self,
+        stream: Stream,
+        buf: &mut [u8],
+        misses: &[Copy],
+    ) -> Result<(), StoreError> {
+        let metrics = &self.engine.metrics;
+        let cache = &self.engine.blocks;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut expected = 0usize;
+        for (tag, m) in misses.iter().enumerate() {
+            match cache.get_or_wait(&m.target.key(), &tx, tag) {
+                Lookup::Hit(block) => {
+                    StoreMetrics::add(&metrics.cache_hits, 1);
+                    self.copy_out(
+                        stream,
+                        &m.target,
+                        &block,
+                        m.skip,
+                        &mut buf[m.dst..m.dst + m.len],
+                    )?;
+                }
+                Lookup::Waiting => {
+                    StoreMetrics::add(&metrics.cache_misses, 1);
+                    expected += 1;
+                }
+                Lookup::Owner(pending) => {
+                    StoreMetrics::add(&metrics.cache_misses, 1);
+                    expected += 1;
+                    self.submit(stream, &m.target, pending);
+                }
+            }
+        }
+        for _ in 0..expected {
+            // We hold `tx`, and every load completes (a drop guard covers panics), so this
+            // cannot block forever or disconnect.
+            let Ok((tag, result)) = rx.recv() else {
+                return Err(self.block_error(&self.archive, stream, 0, 0, BlockFault::Internal));
+            };
+            let m = &misses[tag];
+            let block = result?;
+            self.copy_out(
+                stream,
+                &m.target,
+                &block,
+                m.skip,
+                &mut buf[m.dst..m.dst + m.len],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn copy_out(
+        &self,
+        stream: Stream,
+        t: &Target,
+        block: &[u8],
+        skip: usize,
+        dst: &mut [u8],
+    ) -> Result<(), StoreError> {
+        if block.len() != t.info.logical_len as usize {
+            // Two entries share stored bytes but disagree on their size.
+            return Err(self.block_error(
+                &t.archive,
+                stream,
+                t.index,
+                t.offset,
+                BlockFault::ParentSize {
+                    expected: t.info.logical_len,
+                    actual: u32::try_from(block.len()).unwrap_or(u32::MAX),
+                },
+            ));
+        }
+        dst.copy_from_slice(&block[skip..skip + dst.len()]);
+        Ok(())
+    }
+
+    fn submit(&self, stream: Stream, t: &Target, pending: Arc<Pending<BlockData, StoreError>>) {
+        let job = DecodeJob {
+            archive: Arc::clone(&t.archive),
+            info: t.info,
+            index: t.index,
+            key: t.key(),
+            stream,
+            offset: t.offset,
+            pending: Some(pending),
+            cache: Arc::clone(&self.engine.blocks),
+            metrics: Arc::clone(&self.engine.metrics),
+        };
+        self.engine
+            .pool
+            .submit(Box::new(move |scratch| job.run(scratch)));
+    }
+
+    /// Starts decoding the blocks of a range into the cache without waiting (NBD_CMD_CACHE,
+    /// readahead). Blocks already cached or loading are skipped.
+    pub fn prefetch(&self, stream: Stream, offset: u64, len: u64) -> Result<(), StoreError> {
+        let size = self.size(stream);
+        if offset >= size {
+            return Ok(());
+        }
+        let len = len.min(size - offset);
+        for piece in self.plan(stream, offset, len)? {
+            if let Piece::Entry { page, i, .. } = piece {
+                if let Some(t) = self.target(stream, &page, i)? {
+                    if let Some(p) = self.engine.blocks.claim(&t.key()) {
+                        self.submit(stream, &t, p);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Maps `offset..offset+len` of `stream` (clamped to its size) to data and zero extents,
+    /// from the index alone. Adjacent extents of one kind are merged.
+    pub fn extents(
+        &self,
+        stream: Stream,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<Extent>, StoreError> {
+        let size = self.size(stream);
+        if offset >= size {
+            return Ok(Vec::new());
+        }
+        let len = len.min(size - offset);
+        let mut out: Vec<Extent> = Vec::new();
+        let mut pos = offset;
+        for piece in self.plan(stream, offset, len)? {
+            let (length, kind) = match piece {
+                Piece::Gap(l) => (l, ExtentKind::Zero),
+                Piece::Entry { page, i, len, .. } => {
+                    let kind = match page.blocks[i].kind() {
+                        BlockKind::Sparse | BlockKind::Empty => ExtentKind::Zero,
+                        _ => ExtentKind::Data,
+                    };
+                    (len, kind)
+                }
+            };
+            match out.last_mut() {
+                Some(last) if last.kind == kind => last.length += length,
+                _ => out.push(Extent {
+                    offset: pos,
+                    length,
+                    kind,
+                }),
+            }
+            pos += length;
+        }
+        Ok(out)
+    }
+}
+
+/// A decode on a worker. Completing the pending load is guaranteed: if the job is dropped
+/// without running to the end (a panic), its `Drop` reports an internal error to the readers.
+struct DecodeJob {
+    archive: Arc<Archive>,
+    info: BlockInfo,
+    index: u64,
+    key: BlockKey,
+    stream: Stream,
+    offset: u64,
+    pending: Option<Arc<Pending<BlockData, StoreError>>>,
+    cache: Arc<BlockCache>,
+    metrics: Arc<StoreMetrics>,
+}
+
+impl DecodeJob {
+    fn run(mut self, scratch: &mut super::pool::Scratch) {
+        let result = decode(&self.archive, &self.info, self.index, scratch);
+        StoreMetrics::add(&self.metrics.stored_bytes_read, u64::from(self.info.length));
+        let result = match result {
+            Ok(v) => {
+                StoreMetrics::add(&self.metrics.decompressions, 1);
+                Ok(Arc::new(v))
+            }
+            Err(fault) => Err(self.fail(fault)),
+        };
+        self.finish(result);
+    }
+
+    fn fail(&self, fault: BlockFault) -> StoreError {
+        StoreMetrics::add(&self.metrics.block_errors, 1);
+        StoreError::Block {
+            path: self.archive.path().to_path_buf(),
+            stream: self.stream,
+            block: self.index,
+            offset: self.offset,
+            fault,
+        }
+    }
+
+    fn finish(&mut self, result: Result<BlockData, StoreError>) {
+        if let Some(p) = self.pending.take() {
+            let weight = result.as_ref().map_or(0, |b| b.len());
+            self.cache.complete(&self.key, &p, result, weight);
+        }
+    }
+}
+
+impl Drop for DecodeJob {
+    fn drop(&mut self) {
+        if self.pending.is_some() {
+            let e = self.fail(BlockFault::Internal);
+            self.finish(Err(e));
+        }
+    }
+}
+
+/// Lowercase hex of a byte string.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_is_send_and_sync() {
+        fn is<T: Send + Sync>() {}
+        is::<Snapshot>();
+    }
+}
