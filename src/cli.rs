@@ -19,6 +19,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve snapshots over HTTP byte ranges and NBD until SIGINT or SIGTERM.
+    Serve(ServeArgs),
     /// Pack a raw image (and optionally a second "aux" stream) into a .hxz archive.
     Pack(PackArgs),
     /// Describe an archive: codec, streams, blocks, pages, ratio, parents, encryption.
@@ -36,6 +38,45 @@ pub struct PasswordArgs {
     /// Without it, CLI commands read HEXZ_PASSWORD.
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+}
+
+/// `hexzd serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Archives to serve, as PATH or PATH=NAME (the name defaults to the file stem). The first
+    /// is the default snapshot (/disk, /memory, NBD export "").
+    #[arg(value_name = "ARCHIVE[=NAME]")]
+    pub archives: Vec<String>,
+    /// Config file (TOML); its snapshots come before those on the command line.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// HTTP listen address (host:port, [v6]:port), or "off". Repeatable. Default 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR|off")]
+    pub http: Vec<String>,
+    /// NBD listen address (host:port, [v6]:port), or "off". Repeatable. Default 127.0.0.1:10809.
+    #[arg(long, value_name = "ADDR|off")]
+    pub nbd: Vec<String>,
+    /// Also serve NBD on this Unix socket path.
+    #[arg(long, value_name = "PATH")]
+    pub nbd_unix: Vec<PathBuf>,
+    /// Serve one NBD session on stdin/stdout (no listeners), for inetd-style use and tests.
+    #[arg(long, conflicts_with_all = ["http", "nbd", "nbd_unix"])]
+    pub stdio: bool,
+    /// Require "Authorization: Bearer TOKEN" on HTTP (the token is this file's first line).
+    #[arg(long, value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Largest ranged HTTP response in bytes; 0 serves every range exactly (default 32 MiB).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_range_bytes: Option<u64>,
+    /// Block cache size (e.g. 256MiB; 0 disables the cache).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub cache: Option<u64>,
+    /// Decompression worker threads (0 = one per CPU).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Password file for encrypted archives given on the command line.
+    #[command(flatten)]
+    pub password: PasswordArgs,
 }
 
 /// `hexzd pack`.

@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod daemon;
 pub mod format;
 pub mod logging;
 pub mod pack;

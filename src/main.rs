@@ -11,6 +11,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     hexzd::logging::init(log::LevelFilter::Warn);
     let result = match &cli.command {
+        Command::Serve(_) => {
+            eprintln!("hexzd: serve is not built yet");
+            return ExitCode::FAILURE;
+        }
         Command::Pack(a) => commands::pack::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Cat(a) => commands::cat::run(a),

@@ -1,0 +1,65 @@
+//! Counters shared by the daemon and the front ends, rendered by `GET /metrics`. Passed
+//! explicitly (no globals); all updates are relaxed atomics.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::store::StoreMetrics;
+
+/// Counters of one protocol front end (HTTP or NBD).
+#[derive(Debug, Default)]
+pub struct ProtoMetrics {
+    /// Connections accepted and served.
+    pub connections_total: AtomicU64,
+    /// Connections open now (gauge).
+    pub connections_active: AtomicU64,
+    /// Connections refused because the cap was reached.
+    pub connections_rejected: AtomicU64,
+    /// Requests (HTTP) or commands (NBD) answered.
+    pub requests_total: AtomicU64,
+    /// Payload bytes sent.
+    pub bytes_sent: AtomicU64,
+    /// Requests that failed with a read error (HTTP 500, NBD EIO).
+    pub read_errors: AtomicU64,
+    /// Protocol errors that closed a connection.
+    pub protocol_errors: AtomicU64,
+}
+
+impl ProtoMetrics {
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Subtracts `n` from a gauge.
+    pub fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// Every counter of the process.
+#[derive(Debug)]
+pub struct Metrics {
+    /// HTTP front end.
+    pub http: ProtoMetrics,
+    /// NBD front end.
+    pub nbd: ProtoMetrics,
+    /// The store (cache hits and misses, decompressions, block errors).
+    pub store: Arc<StoreMetrics>,
+}
+
+impl Metrics {
+    /// Metrics over the store counters of `store`.
+    pub fn new(store: Arc<StoreMetrics>) -> Self {
+        Metrics {
+            http: ProtoMetrics::default(),
+            nbd: ProtoMetrics::default(),
+            store,
+        }
+    }
+}
+
+/// Reads a counter.
+pub fn get(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
