@@ -25,7 +25,9 @@ fn server() -> &'static (Server, Streams) {
                 (
                     format!("/snapshots/{}", a.name),
                     std::fs::read(main).unwrap(),
-                    aux.as_ref().map(|p| std::fs::read(p).unwrap()).unwrap_or_default(),
+                    aux.as_ref()
+                        .map(|p| std::fs::read(p).unwrap())
+                        .unwrap_or_default(),
                 )
             })
             .collect();
@@ -73,7 +75,11 @@ fn whole_streams_through_curl_equal_the_raw_inputs() {
             .args(["-sS", "--fail", "-o"])
             .arg(&out)
             .arg(srv.url(&path)));
-        assert!(o.status.success(), "{path}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let got = std::fs::read(&out).unwrap();
         assert_eq!(got.len(), raw.len(), "{path}");
         assert!(got == raw, "{path}: bytes differ");
@@ -99,7 +105,10 @@ fn thousands_of_random_ranges_equal_the_raw_inputs() {
             };
             let first = rng.below(len);
             let last = (first + size - 1).min(len - 1);
-            let (f, l) = (usize::try_from(first).unwrap(), usize::try_from(last).unwrap());
+            let (f, l) = (
+                usize::try_from(first).unwrap(),
+                usize::try_from(last).unwrap(),
+            );
             // Every 100th request uses the open and suffix forms.
             let body = match i % 100 {
                 0 => {
@@ -140,8 +149,15 @@ fn curl_range_sample_equals_the_raw_inputs() {
             let o = run(Command::new("curl")
                 .args(["-sS", "--fail", "-r", &format!("{first}-{last}")])
                 .arg(srv.url(&path)));
-            assert!(o.status.success(), "{path}: {}", String::from_utf8_lossy(&o.stderr));
-            let (f, l) = (usize::try_from(first).unwrap(), usize::try_from(last).unwrap());
+            assert!(
+                o.status.success(),
+                "{path}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let (f, l) = (
+                usize::try_from(first).unwrap(),
+                usize::try_from(last).unwrap(),
+            );
             assert!(o.stdout == raw[f..=l], "{path} curl -r {first}-{last}");
         }
     }

@@ -221,7 +221,12 @@ fn two_range_header_lines_are_ignored() {
 
 #[test]
 fn range_on_head_is_ignored() {
-    let r = request(fx().server.addr, "HEAD", "/disk", &[("Range", "bytes=0-99")]);
+    let r = request(
+        fx().server.addr,
+        "HEAD",
+        "/disk",
+        &[("Range", "bytes=0-99")],
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.content_length(), Some(LEN as u64));
     assert_eq!(r.header("content-range"), None);
@@ -311,9 +316,17 @@ fn if_none_match_is_304_and_ignores_range() {
         assert_eq!(r.header("content-type"), None);
         assert!(r.body.is_empty());
     }
-    let r = request(fx().server.addr, "HEAD", "/disk", &[("If-None-Match", &tag)]);
+    let r = request(
+        fx().server.addr,
+        "HEAD",
+        "/disk",
+        &[("If-None-Match", &tag)],
+    );
     assert_eq!(r.status, 304);
-    assert_full(&with_range_and(&[("If-None-Match", "\"other\""), ("Range", "x")]));
+    assert_full(&with_range_and(&[
+        ("If-None-Match", "\"other\""),
+        ("Range", "x"),
+    ]));
 }
 
 #[test]
@@ -330,7 +343,11 @@ fn if_modified_since() {
         &[("If-Modified-Since", "Sun, 06 Nov 1994 08:49:37 GMT")],
     );
     assert_full(&r);
-    let r = get(fx().server.addr, "/disk", &[("If-Modified-Since", "garbage")]);
+    let r = get(
+        fx().server.addr,
+        "/disk",
+        &[("If-Modified-Since", "garbage")],
+    );
     assert_full(&r);
 }
 

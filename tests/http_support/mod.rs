@@ -312,7 +312,8 @@ pub fn read_response(r: &mut impl BufRead, head_request: bool) -> Option<Respons
     let body_len = if head_request || status == 304 || status == 100 {
         0
     } else {
-        out.content_length().expect("every response has Content-Length")
+        out.content_length()
+            .expect("every response has Content-Length")
     };
     out.body = vec![0; usize::try_from(body_len).unwrap()];
     r.read_exact(&mut out.body).unwrap();
@@ -397,7 +398,10 @@ pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
 /// The status code at the start of a raw response.
 pub fn status_of(raw: &[u8]) -> u16 {
     let s = String::from_utf8_lossy(raw);
-    s.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    s.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Runs a command and returns its output, panicking with stderr on a spawn failure.
