@@ -3,6 +3,8 @@
 //! If-Unmodified-Since, If-None-Match, If-Modified-Since and If-Range in RFC order. Pure
 //! functions over header bytes and [`Validators`].
 
+use std::fmt::Write as _;
+
 use super::date;
 
 /// The validators of one served stream.
@@ -42,7 +44,7 @@ pub fn etag(identity: &[u8; 32], stream_name: &str) -> String {
     let mut s = String::with_capacity(48);
     s.push('"');
     for b in &identity[..16] {
-        s.push_str(&format!("{b:02x}"));
+        let _ = write!(s, "{b:02x}");
     }
     s.push('-');
     s.push_str(stream_name);

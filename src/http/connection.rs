@@ -2,7 +2,7 @@
 //! answers them in order (keep-alive and pipelining), streams bodies through one reusable
 //! buffer, and closes on anything that would leave the stream out of step.
 //!
-//! Memory: the receive buffer ([`MAX_HEAD_BYTES`]) and the body buffer (at most
+//! Memory: the receive buffer (4 KiB, grown up to [`MAX_HEAD_BYTES`] for a large head) and the body buffer (at most
 //! [`MAX_CHUNK`], sized to the response) are kept while requests keep coming and released
 //! once the connection has been idle for [`IDLE_GRACE`]; an idle connection then waits in
 //! `poll` holding only its thread's stack.
@@ -32,6 +32,8 @@ use crate::store::{Snapshot, StoreError};
 
 /// Largest body buffer per connection: bodies are produced in chunks of at most this size.
 pub const MAX_CHUNK: usize = 1 << 20;
+/// First size of the receive buffer; most request heads are a few hundred bytes.
+const INITIAL_INBUF: usize = 4096;
 /// How long a connection keeps its buffers after a response while waiting for the next
 /// request (keep-alive clients usually come back within milliseconds).
 pub const IDLE_GRACE: Duration = Duration::from_secs(1);
@@ -184,10 +186,14 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Allocates the receive buffer if the connection was cold.
+    /// Allocates the receive buffer if the connection was cold, and grows a full one (up to
+    /// [`MAX_HEAD_BYTES`]; a full buffer of that size has already been refused by the parser).
     fn warm(&mut self) {
         if self.inbuf.is_empty() {
-            self.inbuf = vec![0; MAX_HEAD_BYTES];
+            self.inbuf = vec![0; INITIAL_INBUF];
+        } else if self.end == self.inbuf.len() && self.inbuf.len() < MAX_HEAD_BYTES {
+            self.inbuf
+                .resize((self.inbuf.len() * 2).min(MAX_HEAD_BYTES), 0);
         }
     }
 
@@ -238,8 +244,8 @@ impl<'a> Connection<'a> {
                 if !self.wait_readable(wait)? {
                     return Ok(Next::Closed);
                 }
-                self.warm();
             }
+            self.warm();
             match self.conn.read(&mut self.inbuf[self.end..]) {
                 Ok(0) => {
                     if self.end > self.start {
