@@ -455,6 +455,19 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_sample_config_is_valid_and_shows_the_defaults() {
+        let text = include_str!("../../etc/hexzd/hexzd.toml");
+        let c = Config::parse(text, Path::new("/etc/hexzd/hexzd.toml")).unwrap();
+        assert_eq!(
+            Config {
+                file: None,
+                ..c
+            },
+            Config::default()
+        );
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
