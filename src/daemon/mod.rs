@@ -1,10 +1,14 @@
 //! The daemon around the protocol front ends: the snapshot catalog, listeners and connection
-//! caps, signals, and (later) the config file, reload and systemd integration.
+//! caps, signals and shutdown, the config file and reload.
 
 pub mod catalog;
+pub mod config;
 pub mod conn;
+pub mod listener;
 pub mod metrics;
+pub mod shutdown;
 
 pub use catalog::{Catalog, CatalogHandle, NamedSnapshot};
 pub use conn::Conn;
 pub use metrics::{Metrics, ProtoMetrics};
+pub use shutdown::Shutdown;

@@ -132,6 +132,53 @@ impl CodecContext {
         Ok(())
     }
 
+    /// Decodes `stored` into a new vector of exactly `logical_len` bytes. Unlike
+    /// [`decompress`](Self::decompress) the output is never zero-filled first: both decoders
+    /// write into the vector's spare capacity, which saves a memset per block on the read path.
+    pub fn decompress_to_vec(
+        &mut self,
+        codec: Compression,
+        stored: &[u8],
+        logical_len: usize,
+        dictionary: Option<&[u8]>,
+    ) -> Result<Vec<u8>, CodecError> {
+        let out = match (codec, dictionary) {
+            (Compression::Lz4, _) => {
+                if stored.len() < 4 {
+                    return Err(CodecError::Lz4TooShort(stored.len()));
+                }
+                // Output is bounded by the capacity (`logical_len`); a longer block is an error.
+                lz4_flex::block::decompress(&stored[4..], logical_len)
+                    .map_err(|e| CodecError::Lz4(e.to_string()))?
+            }
+            (Compression::Zstd, Some(_)) => {
+                let mut out = vec![0u8; logical_len];
+                self.decompress(codec, stored, &mut out, dictionary)?;
+                return Ok(out);
+            }
+            (Compression::Zstd, None) => {
+                let d = match &mut self.zstd_d {
+                    Some(d) => d,
+                    slot => slot.insert(
+                        zstd::bulk::Decompressor::new()
+                            .map_err(|e| CodecError::Zstd(e.to_string()))?,
+                    ),
+                };
+                let mut out = Vec::with_capacity(logical_len);
+                d.decompress_to_buffer(stored, &mut out)
+                    .map_err(|e| CodecError::Zstd(e.to_string()))?;
+                out
+            }
+        };
+        if out.len() != logical_len {
+            return Err(CodecError::SizeMismatch {
+                expected: logical_len,
+                actual: out.len(),
+            });
+        }
+        Ok(out)
+    }
+
     /// Compresses `data` and appends the stored form to `out` (LZ4 with its size prefix, or one
     /// Zstd frame at level 3).
     pub fn compress(
@@ -226,6 +273,22 @@ mod tests {
             assert!(ctx.decompress(codec, &stored, &mut longer, None).is_err());
             let mut shorter = vec![0; data.len() - 1];
             assert!(ctx.decompress(codec, &stored, &mut shorter, None).is_err());
+        }
+    }
+
+    #[test]
+    fn decompress_to_vec_matches_and_checks_the_size() {
+        let data = sample();
+        let mut ctx = CodecContext::default();
+        for codec in [Compression::Lz4, Compression::Zstd] {
+            let mut stored = Vec::new();
+            ctx.compress(codec, &data, &mut stored).unwrap();
+            assert_eq!(ctx.decompress_to_vec(codec, &stored, data.len(), None).unwrap(), data);
+            assert!(ctx.decompress_to_vec(codec, &stored, data.len() - 1, None).is_err());
+            assert!(ctx.decompress_to_vec(codec, &stored, data.len() + 1, None).is_err());
+            for cut in [0, 4, stored.len() / 2, stored.len() - 1] {
+                assert!(ctx.decompress_to_vec(codec, &stored[..cut], data.len(), None).is_err());
+            }
         }
     }
 

@@ -45,12 +45,10 @@ pub(crate) fn decode(
         Some(cipher) => cipher.decrypt_in_place(index, stored)?,
         None => stored.len(),
     };
-    let mut out = vec![0u8; info.logical_len as usize];
-    scratch.codec.decompress(
+    Ok(scratch.codec.decompress_to_vec(
         archive.header().compression,
         &stored[..plain_len],
-        &mut out,
+        info.logical_len as usize,
         archive.dictionary.as_deref(),
-    )?;
-    Ok(out)
+    )?)
 }
