@@ -232,6 +232,9 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    // `cargo bench --bench http -- 1m|4k|idle` runs one section.
+    let only: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let run = |section: &str| only.as_deref().is_none_or(|o| o == section);
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     println!(
         "hexzd HTTP bench: {cores} CPU(s), load average at start {}",
@@ -260,6 +263,21 @@ fn main() {
     let hot_srv = serve(&hot, &hot_engine, 4096);
     let cold_srv = serve(&cold, &cold_engine, 4096);
 
+    if run("1m") {
+        one_mib(&hot, &hot_srv, &cold, &cold_srv);
+    }
+    if run("4k") {
+        four_kib(&hot, &hot_srv);
+    }
+    if run("idle") {
+        println!();
+        idle_rss(&hot, &hot_engine);
+    }
+    println!();
+    println!("load average at end {}", load_average());
+}
+
+fn one_mib(hot: &Snapshot, hot_srv: &Server, cold: &Snapshot, cold_srv: &Server) {
     println!();
     println!(
         "1 MiB ranges (random offsets; hot = within a cached 64 MiB region, cold = cache off)"
@@ -272,8 +290,8 @@ fn main() {
     );
     let lo_mib = loopback_server(MIB);
     for (label, snap, srv, region) in [
-        ("hot", &hot, &hot_srv, HOT_REGION),
-        ("cold", &cold, &cold_srv, STREAM as u64),
+        ("hot", hot, hot_srv, HOT_REGION),
+        ("cold", cold, cold_srv, STREAM as u64),
     ] {
         for conns in [1usize, 4, 16] {
             let (cb, _, _, cd) = drive(conns, |_| {
@@ -304,7 +322,9 @@ fn main() {
             );
         }
     }
+}
 
+fn four_kib(hot: &Snapshot, hot_srv: &Server) {
     println!();
     println!("4 KiB random ranges, hot");
     println!(
@@ -361,11 +381,6 @@ fn main() {
             p99
         );
     }
-
-    println!();
-    idle_rss(&hot, &hot_engine);
-    println!();
-    println!("load average at end {}", load_average());
 }
 
 /// RSS per idle connection: 1000 connections that never sent a request, then 1000 that made

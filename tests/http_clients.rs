@@ -9,52 +9,51 @@ mod http_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use hexzd::http::HttpSettings;
-use http_support::{Archive, Server, fixtures, have, run};
+use http_support::{Archive, Kind, Target, cached_archive, fixtures, have, run};
+
+both_kinds!(
+    curl_r_single_and_multi,
+    curl_i_reports_the_200_header_set,
+    curl_resume_is_exact_with_max_range_bytes_0,
+    curl_resume_over_32_mib_is_short_with_the_default_clamp,
+    wget_continue,
+    python_http_client_keep_alive,
+    python_pipelining,
+    aria2c_segmented_download_with_checksum,
+);
 
 const BIG: usize = 40 << 20;
 const PARTIAL: usize = 1 << 20;
 
-struct Fx {
-    clamped: Server,
-    exact: Server,
-    big: Vec<u8>,
-    dir: tempfile::TempDir,
+/// The 40 MiB stream and its archive (packed once, kept in the target's scratch directory).
+fn big() -> &'static (PathBuf, Vec<u8>) {
+    static B: std::sync::OnceLock<(PathBuf, Vec<u8>)> = std::sync::OnceLock::new();
+    B.get_or_init(|| cached_archive("big", BIG, 11))
 }
 
-fn fx() -> &'static Fx {
-    static F: OnceLock<Fx> = OnceLock::new();
-    F.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let big = http_support::pattern(BIG, 11);
-        let path = http_support::pack(dir.path(), "big", &big, None);
-        let archives = [
-            Archive::new(&path, "big"),
+/// A server of `kind` over the big archive (default) and `mixed`, with `max_range_bytes`.
+fn server(kind: Kind, max_range_bytes: u64) -> Box<dyn Target> {
+    http_support::start(
+        kind,
+        HttpSettings {
+            max_range_bytes,
+            ..HttpSettings::default()
+        },
+        &[
+            Archive::new(&big().0, "big"),
             Archive::new(fixtures().join("mixed-lz4.hxz"), "mixed"),
-        ];
-        let (snaps, engine) = http_support::open(&archives, 128 << 20);
-        let clamped = Server::start(HttpSettings::default(), snaps.clone(), &engine);
-        let exact = Server::start(
-            HttpSettings {
-                max_range_bytes: 0,
-                ..HttpSettings::default()
-            },
-            snaps,
-            &engine,
-        );
-        Fx {
-            clamped,
-            exact,
-            big,
-            dir,
-        }
-    })
+        ],
+    )
 }
 
-fn out_file(name: &str) -> PathBuf {
-    fx().dir.path().join(name)
+fn clamped(kind: Kind) -> Box<dyn Target> {
+    server(kind, 32 << 20)
+}
+
+fn exact(kind: Kind) -> Box<dyn Target> {
+    server(kind, 0)
 }
 
 fn require(tool: &str) {
@@ -69,29 +68,29 @@ fn sha256(data: &[u8]) -> String {
         .collect()
 }
 
-#[test]
-fn curl_r_single_and_multi() {
+fn curl_r_single_and_multi(kind: Kind) {
     require("curl");
+    let srv = clamped(kind);
     let o = run(Command::new("curl")
         .args(["-sS", "--fail", "-r", "100-199"])
-        .arg(fx().clamped.url("/disk")));
+        .arg(srv.url("/disk")));
     assert!(o.status.success());
-    assert_eq!(o.stdout, fx().big[100..200]);
+    assert_eq!(o.stdout, big().1[100..200]);
     let o = run(Command::new("curl")
         .args(["-sS", "--fail", "-r", "0-9,20-29", "-D", "-"])
-        .arg(fx().clamped.url("/disk")));
+        .arg(srv.url("/disk")));
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.starts_with("HTTP/1.1 206"));
     assert!(text.contains("multipart/byteranges; boundary="));
     assert!(text.contains("Content-Range: bytes 20-29/41943040"));
 }
 
-#[test]
-fn curl_i_reports_the_200_header_set() {
+fn curl_i_reports_the_200_header_set(kind: Kind) {
     require("curl");
+    let srv = clamped(kind);
     let o = run(Command::new("curl")
         .args(["-sS", "--fail", "-I"])
-        .arg(fx().clamped.url("/disk")));
+        .arg(srv.url("/disk")));
     assert!(o.status.success());
     let text = String::from_utf8_lossy(&o.stdout).to_ascii_lowercase();
     assert!(text.starts_with("http/1.1 200 ok"), "{text}");
@@ -106,57 +105,59 @@ fn curl_i_reports_the_200_header_set() {
     }
 }
 
-fn partial(name: &str) -> PathBuf {
-    let p = out_file(name);
-    std::fs::write(&p, &fx().big[..PARTIAL]).unwrap();
+fn partial(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, &big().1[..PARTIAL]).unwrap();
     p
 }
 
-#[test]
-fn curl_resume_is_exact_with_max_range_bytes_0() {
+fn curl_resume_is_exact_with_max_range_bytes_0(kind: Kind) {
     require("curl");
-    let p = partial("curl-exact");
+    let srv = exact(kind);
+    let dir = tempfile::tempdir().unwrap();
+    let p = partial(dir.path(), "curl-exact");
     let o = run(Command::new("curl")
         .args(["-sS", "--fail", "-C", "-", "-o"])
         .arg(&p)
-        .arg(fx().exact.url("/disk")));
+        .arg(srv.url("/disk")));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(std::fs::read(&p).unwrap() == fx().big);
+    assert!(std::fs::read(&p).unwrap() == big().1);
 }
 
-#[test]
-fn curl_resume_over_32_mib_is_short_with_the_default_clamp() {
+fn curl_resume_over_32_mib_is_short_with_the_default_clamp(kind: Kind) {
     require("curl");
-    let p = partial("curl-clamped");
+    let srv = clamped(kind);
+    let dir = tempfile::tempdir().unwrap();
+    let p = partial(dir.path(), "curl-clamped");
     let o = run(Command::new("curl")
         .args(["-sS", "--fail", "-C", "-", "-o"])
         .arg(&p)
-        .arg(fx().clamped.url("/disk")));
+        .arg(srv.url("/disk")));
     // curl exits 0 and the file is silently short: the documented reason for
     // `max_range_bytes = 0` (http.md §3a, §6).
     assert!(o.status.success());
     let got = std::fs::read(&p).unwrap();
     assert_eq!(got.len(), PARTIAL + (32 << 20));
-    assert!(got[..] == fx().big[..got.len()]);
+    assert!(got[..] == big().1[..got.len()]);
     // A resume of 32 MiB or less is exact even with the clamp.
-    let p = out_file("curl-clamped-small");
-    std::fs::write(&p, &fx().big[..BIG - (32 << 20)]).unwrap();
+    let p = dir.path().join("curl-clamped-small");
+    std::fs::write(&p, &big().1[..BIG - (32 << 20)]).unwrap();
     let o = run(Command::new("curl")
         .args(["-sS", "--fail", "-C", "-", "-o"])
         .arg(&p)
-        .arg(fx().clamped.url("/disk")));
+        .arg(srv.url("/disk")));
     assert!(o.status.success());
-    assert!(std::fs::read(&p).unwrap() == fx().big);
+    assert!(std::fs::read(&p).unwrap() == big().1);
 }
 
-#[test]
-fn wget_continue() {
+fn wget_continue(kind: Kind) {
     require("wget");
+    let dir = tempfile::tempdir().unwrap();
     for (server, name, exact) in [
-        (&fx().exact, "wget-exact", true),
-        (&fx().clamped, "wget-clamped", false),
+        (exact(kind), "wget-exact", true),
+        (clamped(kind), "wget-clamped", false),
     ] {
-        let p = partial(name);
+        let p = partial(dir.path(), name);
         let o = run(Command::new("wget")
             .args(["-q", "-c", "-O"])
             .arg(&p)
@@ -164,11 +165,11 @@ fn wget_continue() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let got = std::fs::read(&p).unwrap();
         if exact {
-            assert!(got == fx().big);
+            assert!(got == big().1);
         } else {
             // Short like curl's: wget trusts the 206 and stops.
             assert_eq!(got.len(), PARTIAL + (32 << 20));
-            assert!(got[..] == fx().big[..got.len()]);
+            assert!(got[..] == big().1[..got.len()]);
         }
     }
 }
@@ -236,14 +237,14 @@ assert r.status == 200 and int(r.getheader('Content-Length')) == len(raw)
 print('ok')
 "#;
 
-fn python_script(script: &str) {
+fn python_script(kind: Kind, script: &str) {
     let raw = fixtures().join("mixed.img");
-    let srv = &fx().clamped;
+    let srv = clamped(kind);
     let o = run(Command::new(python())
         .arg("-c")
         .arg(script)
-        .arg(srv.addr.ip().to_string())
-        .arg(srv.addr.port().to_string())
+        .arg(srv.addr().ip().to_string())
+        .arg(srv.addr().port().to_string())
         .arg("/snapshots/mixed/disk")
         .arg(&raw));
     assert!(
@@ -254,29 +255,27 @@ fn python_script(script: &str) {
     );
 }
 
-#[test]
-fn python_http_client_keep_alive() {
-    python_script(PY_KEEPALIVE);
+fn python_http_client_keep_alive(kind: Kind) {
+    python_script(kind, PY_KEEPALIVE);
 }
 
-#[test]
-fn python_pipelining() {
-    python_script(PY_PIPELINE);
+fn python_pipelining(kind: Kind) {
+    python_script(kind, PY_PIPELINE);
 }
 
-#[test]
-fn aria2c_segmented_download_with_checksum() {
+fn aria2c_segmented_download_with_checksum(kind: Kind) {
     require("aria2c");
+    let tmp = tempfile::tempdir().unwrap();
     for (server, path, data, name) in [
-        (&fx().exact, "/disk", fx().big.clone(), "aria-big"),
+        (exact(kind), "/disk", big().1.clone(), "aria-big"),
         (
-            &fx().clamped,
+            clamped(kind),
             "/snapshots/mixed/disk",
             std::fs::read(fixtures().join("mixed.img")).unwrap(),
             "aria-mixed",
         ),
     ] {
-        let dir = fx().dir.path();
+        let dir = tmp.path();
         let o = run(Command::new("aria2c")
             .args([
                 "-q",

@@ -1,6 +1,8 @@
 //! Every stream of every reference fixture (tests/data/hexz-0.8.2) served over HTTP equals its
 //! raw input: whole through curl, for thousands of random ranges through a keep-alive client,
-//! and for a sample of ranges through `curl -r`.
+//! and for a sample of ranges through `curl -r`; against the in-process service and against
+//! the `hexzd serve` binary (the encrypted fixture with its password file, the thin one with
+//! its parent beside it).
 #![allow(clippy::unwrap_used)]
 
 mod http_support;
@@ -9,44 +11,40 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use hexzd::http::HttpSettings;
-use http_support::{Client, Server, all_fixtures, have, run};
+use http_support::{Client, Kind, Target, all_fixtures, have, run};
 
-/// (route prefix, main raw, aux raw) per fixture.
-type Streams = Vec<(String, Vec<u8>, Vec<u8>)>;
+both_kinds!(
+    whole_streams_through_curl_equal_the_raw_inputs,
+    thousands_of_random_ranges_equal_the_raw_inputs,
+    curl_range_sample_equals_the_raw_inputs,
+);
 
-fn server() -> &'static (Server, Streams) {
-    static S: OnceLock<(Server, Streams)> = OnceLock::new();
+/// Every (url path, raw bytes) pair: both streams of every fixture.
+fn every_stream() -> &'static [(String, Vec<u8>)] {
+    static S: OnceLock<Vec<(String, Vec<u8>)>> = OnceLock::new();
     S.get_or_init(|| {
-        let fx = all_fixtures();
-        let archives: Vec<_> = fx.iter().map(|f| f.0.clone()).collect();
-        let streams = fx
+        all_fixtures()
             .iter()
-            .map(|(a, main, aux)| {
-                (
-                    format!("/snapshots/{}", a.name),
-                    std::fs::read(main).unwrap(),
-                    aux.as_ref()
-                        .map(|p| std::fs::read(p).unwrap())
-                        .unwrap_or_default(),
-                )
+            .flat_map(|(a, main, aux)| {
+                let aux = aux.as_ref().map(|p| std::fs::read(p).unwrap());
+                [
+                    (
+                        format!("/snapshots/{}/disk", a.name),
+                        std::fs::read(main).unwrap(),
+                    ),
+                    (
+                        format!("/snapshots/{}/memory", a.name),
+                        aux.unwrap_or_default(),
+                    ),
+                ]
             })
-            .collect();
-        (Server::with(HttpSettings::default(), &archives), streams)
+            .collect()
     })
 }
 
-/// Every (url path, raw bytes) pair.
-fn every_stream() -> Vec<(String, &'static [u8])> {
-    let (_, streams) = server();
-    streams
-        .iter()
-        .flat_map(|(p, main, aux)| {
-            [
-                (format!("{p}/disk"), main.as_slice()),
-                (format!("{p}/memory"), aux.as_slice()),
-            ]
-        })
-        .collect()
+fn server(kind: Kind) -> Box<dyn Target> {
+    let archives: Vec<_> = all_fixtures().into_iter().map(|f| f.0).collect();
+    http_support::start(kind, HttpSettings::default(), &archives)
 }
 
 struct Rng(u64);
@@ -64,17 +62,17 @@ impl Rng {
     }
 }
 
-#[test]
-fn whole_streams_through_curl_equal_the_raw_inputs() {
+fn whole_streams_through_curl_equal_the_raw_inputs(kind: Kind) {
     assert!(have("curl"), "curl is required (apt-get install curl)");
-    let (srv, _) = server();
+    let srv = server(kind);
     let dir = tempfile::tempdir().unwrap();
     for (path, raw) in every_stream() {
+        let raw = raw.as_slice();
         let out = dir.path().join("out");
         let o = run(Command::new("curl")
             .args(["-sS", "--fail", "-o"])
             .arg(&out)
-            .arg(srv.url(&path)));
+            .arg(srv.url(path)));
         assert!(
             o.status.success(),
             "{path}: {}",
@@ -86,13 +84,13 @@ fn whole_streams_through_curl_equal_the_raw_inputs() {
     }
 }
 
-#[test]
-fn thousands_of_random_ranges_equal_the_raw_inputs() {
-    let (srv, _) = server();
+fn thousands_of_random_ranges_equal_the_raw_inputs(kind: Kind) {
+    let srv = server(kind);
     let mut rng = Rng(0x5eed_1234_abcd_9876);
     let mut total = 0usize;
-    let mut client = Client::new(srv.addr);
+    let mut client = Client::new(srv.addr());
     for (path, raw) in every_stream() {
+        let raw = raw.as_slice();
         let len = raw.len() as u64;
         if len == 0 {
             continue;
@@ -112,19 +110,19 @@ fn thousands_of_random_ranges_equal_the_raw_inputs() {
             // Every 100th request uses the open and suffix forms.
             let body = match i % 100 {
                 0 => {
-                    let r = client.get(&path, &[("Range", &format!("bytes={first}-"))]);
+                    let r = client.get(path, &[("Range", &format!("bytes={first}-"))]);
                     assert_eq!(r.status, 206);
                     assert_eq!(r.body, raw[f..], "{path} {first}-");
                     continue;
                 }
                 1 => {
                     let n = size.min(len);
-                    let r = client.get(&path, &[("Range", &format!("bytes=-{size}"))]);
+                    let r = client.get(path, &[("Range", &format!("bytes=-{size}"))]);
                     assert_eq!(r.status, 206);
                     assert_eq!(r.body, raw[raw.len() - usize::try_from(n).unwrap()..]);
                     continue;
                 }
-                _ => client.range(&path, first, last),
+                _ => client.range(path, first, last),
             };
             assert!(body == raw[f..=l], "{path} bytes {first}-{last} differ");
             total += 1;
@@ -133,12 +131,12 @@ fn thousands_of_random_ranges_equal_the_raw_inputs() {
     assert!(total > 10_000, "{total}");
 }
 
-#[test]
-fn curl_range_sample_equals_the_raw_inputs() {
+fn curl_range_sample_equals_the_raw_inputs(kind: Kind) {
     assert!(have("curl"), "curl is required (apt-get install curl)");
-    let (srv, _) = server();
+    let srv = server(kind);
     let mut rng = Rng(77);
     for (path, raw) in every_stream() {
+        let raw = raw.as_slice();
         let len = raw.len() as u64;
         if len == 0 {
             continue;
@@ -148,7 +146,7 @@ fn curl_range_sample_equals_the_raw_inputs() {
             let last = (first + rng.below(200_000)).min(len - 1);
             let o = run(Command::new("curl")
                 .args(["-sS", "--fail", "-r", &format!("{first}-{last}")])
-                .arg(srv.url(&path)));
+                .arg(srv.url(path)));
             assert!(
                 o.status.success(),
                 "{path}: {}",

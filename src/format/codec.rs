@@ -283,11 +283,24 @@ mod tests {
         for codec in [Compression::Lz4, Compression::Zstd] {
             let mut stored = Vec::new();
             ctx.compress(codec, &data, &mut stored).unwrap();
-            assert_eq!(ctx.decompress_to_vec(codec, &stored, data.len(), None).unwrap(), data);
-            assert!(ctx.decompress_to_vec(codec, &stored, data.len() - 1, None).is_err());
-            assert!(ctx.decompress_to_vec(codec, &stored, data.len() + 1, None).is_err());
+            assert_eq!(
+                ctx.decompress_to_vec(codec, &stored, data.len(), None)
+                    .unwrap(),
+                data
+            );
+            assert!(
+                ctx.decompress_to_vec(codec, &stored, data.len() - 1, None)
+                    .is_err()
+            );
+            assert!(
+                ctx.decompress_to_vec(codec, &stored, data.len() + 1, None)
+                    .is_err()
+            );
             for cut in [0, 4, stored.len() / 2, stored.len() - 1] {
-                assert!(ctx.decompress_to_vec(codec, &stored[..cut], data.len(), None).is_err());
+                assert!(
+                    ctx.decompress_to_vec(codec, &stored[..cut], data.len(), None)
+                        .is_err()
+                );
             }
         }
     }

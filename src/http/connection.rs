@@ -157,6 +157,12 @@ impl<'a> Connection<'a> {
     }
 
     fn setup(&mut self) -> io::Result<()> {
+        // The timeouts below need a blocking socket; an accept loop that polls a non-blocking
+        // listener must not hand over a non-blocking connection by accident.
+        match &self.conn {
+            Conn::Tcp(s) => s.set_nonblocking(false)?,
+            Conn::Unix(s) => s.set_nonblocking(false)?,
+        }
         self.conn.set_nodelay()?;
         self.conn.set_read_timeout(Some(self.tick))?;
         self.conn.set_write_timeout(Some(
