@@ -8,10 +8,9 @@ mod http_support;
 use std::io::{BufReader, Read, Write};
 use std::sync::OnceLock;
 
-use hexzd::format::Stream;
 use hexzd::http::HttpSettings;
 use http_support::{
-    Archive, Client, Server, fixtures, get, pattern, raw, read_response, request, status_of,
+    Archive, Client, Server, fixtures, get, raw, read_response, request, status_of,
 };
 
 fn server() -> &'static Server {
@@ -308,29 +307,10 @@ fn max_range_bytes_clamps_ranges_but_never_a_plain_get() {
     assert_eq!(r.body, mixed()[1000..]);
 }
 
-/// A 3 MiB archive with one corrupted stored block beyond the first MiB, and the stream
-/// offsets (64 KiB steps) whose reads fail.
-fn corrupt_archive(dir: &std::path::Path) -> (std::path::PathBuf, Vec<u8>, Vec<u64>) {
-    let data = pattern(3 << 20, 9);
-    let path = http_support::pack(dir, "corrupt", &data, None);
-    let mut bytes = std::fs::read(&path).unwrap();
-    let at = bytes.len() * 4 / 5;
-    bytes[at] ^= 0x55;
-    std::fs::write(&path, &bytes).unwrap();
-    let snap = hexzd::store::Snapshot::open(&path).unwrap();
-    let mut buf = vec![0; 65536];
-    let bad: Vec<u64> = (0..48u64)
-        .map(|i| i * 65536)
-        .filter(|&off| snap.read_at(Stream::Main, off, &mut buf).is_err())
-        .collect();
-    assert!(!bad.is_empty() && bad[0] > (1 << 20) + 65536, "{bad:?}");
-    (path, data, bad)
-}
-
 #[test]
 fn read_errors_are_500_before_the_head_and_close_after_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (path, data, bad) = corrupt_archive(dir.path());
+    let (path, data, bad) = http_support::corrupt_archive(dir.path());
     let srv = Server::with(HttpSettings::default(), &[Archive::new(&path, "corrupt")]);
     let off = bad[0];
     // Small range inside the bad block: 500, empty, and the connection stays usable.

@@ -668,3 +668,25 @@ pub fn cached_archive(name: &str, len: usize, seed: u64) -> (PathBuf, Vec<u8>) {
     }
     (path, data)
 }
+
+/// A 3 MiB archive with one corrupted stored block beyond the first MiB, and the stream
+/// offsets (64 KiB steps) whose reads fail.
+pub fn corrupt_archive(dir: &std::path::Path) -> (std::path::PathBuf, Vec<u8>, Vec<u64>) {
+    let data = pattern(3 << 20, 9);
+    let path = pack(dir, "corrupt", &data, None);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() * 4 / 5;
+    bytes[at] ^= 0x55;
+    std::fs::write(&path, &bytes).unwrap();
+    let snap = hexzd::store::Snapshot::open(&path).unwrap();
+    let mut buf = vec![0; 65536];
+    let bad: Vec<u64> = (0..48u64)
+        .map(|i| i * 65536)
+        .filter(|&off| {
+            snap.read_at(hexzd::format::Stream::Main, off, &mut buf)
+                .is_err()
+        })
+        .collect();
+    assert!(!bad.is_empty() && bad[0] > (1 << 20) + 65536, "{bad:?}");
+    (path, data, bad)
+}
