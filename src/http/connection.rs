@@ -2,10 +2,10 @@
 //! answers them in order (keep-alive and pipelining), streams bodies through one reusable
 //! buffer, and closes on anything that would leave the stream out of step.
 //!
-//! Memory: the receive buffer (4 KiB, grown up to [`MAX_HEAD_BYTES`] for a large head) and the body buffer (at most
-//! [`MAX_CHUNK`], sized to the response) are kept while requests keep coming and released
-//! once the connection has been idle for [`IDLE_GRACE`]; an idle connection then waits in
-//! `poll` holding only its thread's stack.
+//! Memory: the receive buffer (4 KiB, grown up to [`MAX_HEAD_BYTES`] for a large head) and
+//! the body buffer (at most [`body::MAX_CHUNK`], sized to the response) are kept while
+//! requests keep coming and released once the connection has been idle for [`IDLE_GRACE`]; an
+//! idle connection then waits in `poll` holding only its thread's stack.
 //!
 //! Timeouts: SO_RCVTIMEO is set once to a short tick; a read that times out re-checks the
 //! deadlines (header deadline from the first byte of a head, idle deadline from the end of the
@@ -21,17 +21,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use super::body::{self, SendError, write_all_vectored};
 use super::handler::{self, Body, Response};
 use super::request::{self, Body as RequestBody, Expect, HeadError, MAX_HEAD_BYTES, Request};
-use super::response::{Connection as ConnHeader, Piece, Plan};
+use super::response::{Connection as ConnHeader, Plan};
 use super::{HttpService, date};
 use crate::daemon::conn::is_disconnect;
 use crate::daemon::{Catalog, Conn, ProtoMetrics};
 use crate::format::Stream;
 use crate::store::{Snapshot, StoreError};
 
-/// Largest body buffer per connection: bodies are produced in chunks of at most this size.
-pub const MAX_CHUNK: usize = 1 << 20;
 /// First size of the receive buffer; most request heads are a few hundred bytes.
 const INITIAL_INBUF: usize = 4096;
 /// How long a connection keeps its buffers after a response while waiting for the next
@@ -61,17 +60,6 @@ struct Sent {
     body: u64,
     /// False when the connection must close after this response.
     keep_alive: bool,
-}
-
-/// A failure while sending a streamed body.
-enum SendError {
-    /// A storage read failed before any byte of the response was written: a 500 can still be
-    /// sent.
-    Early(StoreError),
-    /// A storage read failed after the head was written: the connection must close.
-    Late(StoreError),
-    /// The socket failed.
-    Io(io::Error),
 }
 
 /// The state of one connection.
@@ -459,9 +447,8 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Produces `plan` block by block through the body buffer and writes it after `head`. The
-    /// head goes out with the first full buffer, so a body that fits in one buffer is read
-    /// completely before anything is sent, and any error in it is still a clean 500.
+    /// Produces `plan` from `snapshot` through the connection's body buffer and writes it
+    /// after `head` (see [`body::send`]).
     fn stream_body(
         &mut self,
         head: Vec<u8>,
@@ -469,74 +456,36 @@ impl<'a> Connection<'a> {
         stream: Stream,
         plan: &Plan,
     ) -> Result<u64, SendError> {
-        let cap = usize::try_from(plan.len)
-            .unwrap_or(MAX_CHUNK)
-            .clamp(1, MAX_CHUNK);
-        if self.body.len() < cap {
-            self.body = vec![0; cap];
-        }
-        let prefetch = snapshot.engine().config().cache_bytes > 0;
-        let mut out = Out {
-            conn: &mut self.conn,
-            head: Some(head),
-            sent: 0,
+        let mut read = |off: u64, dst: &mut [u8]| match snapshot.read_at(stream, off, dst) {
+            Ok(n) if n == dst.len() => Ok(()),
+            Ok(n) => Err(StoreError::Corrupt {
+                path: snapshot.path().to_path_buf(),
+                detail: format!(
+                    "{stream} stream: read at offset {off} returned {n} of {} bytes",
+                    dst.len()
+                ),
+            }),
+            Err(e) => Err(e),
         };
-        let buf = &mut self.body[..cap];
-        let mut fill = 0usize;
-        for piece in &plan.pieces {
-            match piece {
-                Piece::Text(t) => {
-                    let mut t = t.as_slice();
-                    while !t.is_empty() {
-                        let k = t.len().min(cap - fill);
-                        buf[fill..fill + k].copy_from_slice(&t[..k]);
-                        fill += k;
-                        t = &t[k..];
-                        if fill == cap {
-                            out.flush(buf)?;
-                            fill = 0;
-                        }
-                    }
-                }
-                Piece::Data(r) => {
-                    let end = r.last + 1;
-                    let mut off = r.first;
-                    while off < end {
-                        let want = usize::try_from(end - off)
-                            .unwrap_or(usize::MAX)
-                            .min(cap - fill);
-                        let dst = &mut buf[fill..fill + want];
-                        match snapshot.read_at(stream, off, dst) {
-                            Ok(n) if n == want => {}
-                            Ok(n) => {
-                                let e = StoreError::Corrupt {
-                                    path: snapshot.path().to_path_buf(),
-                                    detail: format!(
-                                        "{stream} stream: read at offset {off} returned {n} of {want} bytes"
-                                    ),
-                                };
-                                return Err(out.fail(e));
-                            }
-                            Err(e) => return Err(out.fail(e)),
-                        }
-                        fill += want;
-                        off += want as u64;
-                        if fill == cap {
-                            if prefetch && off < end {
-                                // Decode the next chunk on the pool while this one is written.
-                                let _ = snapshot.prefetch(stream, off, (end - off).min(cap as u64));
-                            }
-                            out.flush(buf)?;
-                            fill = 0;
-                        }
-                    }
-                }
-            }
-        }
-        if fill > 0 || out.head.is_some() {
-            out.flush(&buf[..fill])?;
-        }
-        let sent = out.sent;
+        // Decoding the next chunk on the pool while this one is written only pays when the
+        // decoded blocks are kept for the read that follows.
+        let mut prefetch = |off: u64, len: u64| {
+            let _ = snapshot.prefetch(stream, off, len);
+        };
+        let prefetch: Option<&mut dyn FnMut(u64, u64)> =
+            if snapshot.engine().config().cache_bytes > 0 {
+                Some(&mut prefetch)
+            } else {
+                None
+            };
+        let sent = body::send(
+            &mut self.conn,
+            &mut self.body,
+            head,
+            plan,
+            &mut read,
+            prefetch,
+        )?;
         self.count_bytes(sent);
         Ok(sent)
     }
@@ -593,47 +542,6 @@ impl<'a> Connection<'a> {
     }
 }
 
-/// The writing side of [`Connection::stream_body`]: the pending head and a byte count.
-struct Out<'c> {
-    conn: &'c mut Conn,
-    head: Option<Vec<u8>>,
-    sent: u64,
-}
-
-impl Out<'_> {
-    /// Writes the head (the first time) and `data` in as few system calls as the socket
-    /// allows.
-    fn flush(&mut self, data: &[u8]) -> Result<(), SendError> {
-        let head = self.head.take().unwrap_or_default();
-        write_all_vectored(self.conn, &mut [IoSlice::new(&head), IoSlice::new(data)])
-            .map_err(SendError::Io)?;
-        self.sent += data.len() as u64;
-        Ok(())
-    }
-
-    fn fail(&self, e: StoreError) -> SendError {
-        if self.head.is_some() {
-            SendError::Early(e)
-        } else {
-            SendError::Late(e)
-        }
-    }
-}
-
-/// `write_all` over several buffers (std's is unstable).
-fn write_all_vectored(w: &mut impl Write, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        match w.write_vectored(bufs) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 /// `s` with control characters escaped, for a log line a client cannot forge.
 fn printable(s: &str) -> String {
     if s.chars().all(|c| !c.is_control()) {
@@ -645,42 +553,6 @@ fn printable(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A writer that takes at most 3 bytes per call.
-    struct Trickle(Vec<u8>);
-
-    impl Write for Trickle {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            let n = b.len().min(3);
-            self.0.extend_from_slice(&b[..n]);
-            Ok(n)
-        }
-        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-            let first = bufs
-                .iter()
-                .find(|b| !b.is_empty())
-                .map_or(&[][..], |b| &b[..]);
-            self.write(first)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn vectored_write_survives_short_writes() {
-        let mut w = Trickle(Vec::new());
-        write_all_vectored(
-            &mut w,
-            &mut [
-                IoSlice::new(b"head"),
-                IoSlice::new(b""),
-                IoSlice::new(b"body!"),
-            ],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(w.0, b"headbody!");
-    }
 
     #[test]
     fn log_fields_are_escaped() {

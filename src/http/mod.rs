@@ -3,7 +3,7 @@
 //!
 //! Files by role: [`request`] parses heads and enforces the limits, [`route`] maps targets to
 //! resources, [`range`] and [`conditional`] decide the answer (pure), [`response`] renders heads
-//! and body plans, `handler` runs the decision procedure of http.md §3 for one request,
+//! and body plans, `body` produces bodies block by block, `handler` runs the decision procedure of http.md §3 for one request,
 //! `admin` renders `/snapshots` and `/metrics`, and `connection` owns the socket: timeouts,
 //! keep-alive, pipelining, bounded body streaming. The daemon accepts connections, enforces
 //! the connection cap and calls [`HttpService::serve_connection`] or
@@ -11,6 +11,7 @@
 
 mod admin;
 pub mod auth;
+mod body;
 pub mod conditional;
 mod connection;
 pub mod date;
