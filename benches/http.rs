@@ -183,6 +183,8 @@ fn serve(snapshot: &Snapshot, engine: &Engine, max_connections: usize) -> Server
     Server::start(
         HttpSettings {
             max_connections,
+            // The idle-RSS run holds fresh connections without a request for a few seconds.
+            header_timeout: Duration::from_secs(120),
             ..HttpSettings::default()
         },
         vec![hexzd::daemon::NamedSnapshot {

@@ -23,6 +23,7 @@ both_kinds!(
     binary_garbage,
     the_http2_preface,
     two_thousand_idle_connections_with_the_cap_at_one_thousand,
+    a_connection_that_sends_nothing_is_closed_after_the_header_timeout,
 );
 
 fn hello() -> Vec<u8> {
@@ -204,6 +205,9 @@ fn two_thousand_idle_connections_with_the_cap_at_one_thousand(kind: Kind) {
         kind,
         HttpSettings {
             max_connections: 1000,
+            // Fresh connections owe a head within the header timeout; this test holds them
+            // idle for a while on purpose.
+            header_timeout: Duration::from_secs(120),
             ..HttpSettings::default()
         },
     );
@@ -246,4 +250,26 @@ fn two_thousand_idle_connections_with_the_cap_at_one_thousand(kind: Kind) {
     assert_eq!(get(srv.addr(), "/disk", &[]).body, hello());
     drop(idle);
     assert!(srv.wait_idle(Duration::from_secs(30)));
+}
+
+fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout(kind: Kind) {
+    let srv = start(
+        kind,
+        HttpSettings {
+            header_timeout: Duration::from_millis(600),
+            ..HttpSettings::default()
+        },
+    );
+    still_serving(srv.as_ref(), || {
+        let mut s = srv.connect();
+        let started = Instant::now();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        let took = started.elapsed();
+        assert!(out.is_empty(), "closed without a response");
+        assert!(
+            took >= Duration::from_millis(500) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+    });
 }

@@ -77,6 +77,8 @@ pub(super) struct Connection<'a> {
     body: Vec<u8>,
     /// The SO_RCVTIMEO in effect.
     tick: Duration,
+    /// When the connection was accepted, until its first request arrives.
+    accepted: Option<Instant>,
 }
 
 impl<'a> Connection<'a> {
@@ -97,6 +99,7 @@ impl<'a> Connection<'a> {
             end: 0,
             body: Vec::new(),
             tick,
+            accepted: Some(Instant::now()),
         }
     }
 
@@ -202,12 +205,21 @@ impl<'a> Connection<'a> {
 
     /// Waits for and parses the next request head.
     fn next_request(&mut self) -> io::Result<Next> {
-        let idle_deadline = Instant::now() + self.svc.settings.idle_timeout;
-        let mut head_deadline: Option<Instant> = None;
+        let settings = &self.svc.settings;
+        // A new connection owes its first head within the header timeout of being accepted
+        // (a client that connects and sends nothing is a slow client, not an idle one);
+        // between requests the idle timeout applies until the next head starts.
+        let (idle_deadline, mut head_deadline) = match self.accepted.take() {
+            Some(at) => (
+                at + settings.header_timeout,
+                Some(at + settings.header_timeout),
+            ),
+            None => (Instant::now() + settings.idle_timeout, None),
+        };
         loop {
             if self.end > self.start {
                 let now = Instant::now();
-                let deadline = *head_deadline.get_or_insert(now + self.svc.settings.header_timeout);
+                let deadline = *head_deadline.get_or_insert(now + settings.header_timeout);
                 match request::parse(&self.inbuf[self.start..self.end]) {
                     Ok(Some((req, used))) => {
                         self.start += used;
