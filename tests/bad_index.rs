@@ -213,6 +213,44 @@ fn page_directory_entries_outside_the_file_are_refused_at_open() {
 }
 
 #[test]
+fn page_count_larger_than_its_bytes_is_a_read_error_naming_the_page() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = ArchiveBytes::fixture("vm-dir-lz4.hxz");
+    for stream in Stream::ALL {
+        for count in [64u64, 1 << 33, u64::MAX] {
+            let mut a = base.clone();
+            let pe = a.pages(stream)[0];
+            let at = usize::try_from(pe.offset).expect("offset");
+            a.bytes[at..at + 8].copy_from_slice(&count.to_le_bytes());
+            let p = save(dir.path(), &format!("page-count-{stream}-{count}.hxz"), &a);
+            refused_at_read(
+                &p,
+                stream,
+                0,
+                &[&format!("{stream} stream page 0"), &count.to_string()],
+            );
+        }
+    }
+}
+
+#[test]
+fn page_shorter_than_its_entries_is_a_read_error() {
+    // The directory says the page is shorter than 8 + 52·count bytes.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut a = ArchiveBytes::fixture("mixed-lz4.hxz");
+    let mut m = a.master();
+    m.main_pages[0].length -= 30;
+    a.set_master(&m);
+    let p = save(dir.path(), "page-short.hxz", &a);
+    refused_at_read(
+        &p,
+        Stream::Main,
+        0,
+        &["main stream page 0", "block entry count"],
+    );
+}
+
+#[test]
 fn pages_out_of_order_are_refused_at_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     let base = multi_page(dir.path());

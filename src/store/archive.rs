@@ -385,13 +385,17 @@ impl Archive {
             entry.offset,
             "read index page",
         )?;
-        let blocks = decode_page(&bytes).map_err(|source| StoreError::Format {
-            path: self.path.clone(),
-            source,
-        })?;
         let corrupt = |detail: String| {
-            StoreError::corrupt(&self.path, format!("{stream} stream page {idx}: {detail}"))
+            StoreError::corrupt(
+                &self.path,
+                format!(
+                    "{stream} stream page {idx} (file offset {}): {detail}",
+                    entry.offset
+                ),
+            )
         };
+        // Name the page: the decoder only knows offsets inside it.
+        let blocks = decode_page(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let mut starts = Vec::with_capacity(blocks.len());
         let mut pos = entry.start_logical;
         for b in &blocks {
