@@ -8,6 +8,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use common::{ArchiveBytes, Located, assert_clean_failure, engine, hexzd, open, raw, run};
 use hexzd::format::codec::crc32;
@@ -272,6 +273,31 @@ fn absurd_logical_len_is_refused_without_allocating() {
         verify_lists(&path, &[&b]);
         cat_fails(&path, &b);
     }
+}
+
+#[test]
+fn absurd_logical_len_of_a_parent_reference_fails_fast() {
+    // Regression: an unresolvable parent reference is checked against the BLAKE3 of
+    // `logical_len` zero bytes; with a hostile 4 GiB `logical_len` that cost seconds of CPU per
+    // read (and per verify) before failing.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut a = ArchiveBytes::fixture("mixed-lz4.hxz");
+    let b = data_blocks(&a)[4];
+    a.set_block(b.entry_pos, &BlockInfo::parent(u32::MAX, [0x11; 32]));
+    let path = dir.path().join("huge-parent.hxz");
+    a.save(&path);
+    let snap = open(&path).expect("open");
+    let start = Instant::now();
+    for _ in 0..5 {
+        read_fails(&snap, &b, |f| matches!(f, BlockFault::TooLarge(_)));
+    }
+    let report = snap.verify(|_, _| {}).expect("verify");
+    assert_eq!(report.bad.len(), 1, "{:?}", report.bad);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use super::cache::{Lookup, Pending};
 use super::chain::{is_zero_block_hash, resolve};
 use super::engine::{BlockCache, BlockData, BlockKey, Engine, EngineConfig, StoreMetrics};
 use super::{BlockFault, StoreError, Stream};
-use crate::format::{BlockInfo, BlockKind};
+use crate::format::{BlockInfo, BlockKind, MAX_BLOCK_LEN};
 
 /// Options for [`Snapshot::open_with`].
 #[derive(Clone, Default)]
@@ -257,6 +257,15 @@ impl Snapshot {
                 index,
                 offset,
             })),
+            // Bound the size before resolving: an unresolved reference is compared with the
+            // hash of `logical_len` zero bytes, which a hostile 4 GiB length makes expensive.
+            BlockKind::Parent if info.logical_len > MAX_BLOCK_LEN => Err(self.block_error(
+                &self.archive,
+                stream,
+                index,
+                offset,
+                BlockFault::TooLarge(info.logical_len),
+            )),
             BlockKind::Parent => match resolve(&self.engine, self.archive.parents(), &info.hash)? {
                 Some(r) if r.info.logical_len == info.logical_len => Ok(Some(Target {
                     archive: r.archive,

@@ -8,7 +8,7 @@ use super::block::decode;
 use super::chain::{is_zero_block_hash, resolve};
 use super::snapshot::hex;
 use super::{BlockFault, Snapshot, StoreError, Stream};
-use crate::format::BlockKind;
+use crate::format::{BlockKind, MAX_BLOCK_LEN};
 
 /// One block that failed verification.
 #[derive(Debug, Clone)]
@@ -93,6 +93,12 @@ impl Snapshot {
                             &mut report,
                             (stream, index, offset, Err(BlockFault::Invalid(info.offset))),
                         ),
+                        // As in `read_at`: bound the size before hashing zeros for it.
+                        BlockKind::Parent if info.logical_len > MAX_BLOCK_LEN => {
+                            report.parent_refs += 1;
+                            let fault = BlockFault::TooLarge(info.logical_len);
+                            collect(&mut report, (stream, index, offset, Err(fault)));
+                        }
                         BlockKind::Parent => {
                             report.parent_refs += 1;
                             let r = match resolve(engine, archive.parents(), &info.hash) {
