@@ -312,6 +312,57 @@ fn zero_stored_length_at_a_real_offset_is_a_block_error() {
 }
 
 #[test]
+fn dedup_entry_with_a_corrupt_entry_fails_even_when_its_twin_is_cached() {
+    // Regression: the block cache was keyed by file offset alone, so an entry sharing stored
+    // bytes with an intact twin was served from the twin's cached decode without its own
+    // (corrupt) length or checksum ever being checked; the result depended on what had been
+    // read before.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut a = ArchiveBytes::fixture("vm-dir-lz4.hxz");
+    let blocks = a.blocks();
+    let twins: Vec<Located> = blocks
+        .iter()
+        .filter(|b| {
+            b.info.kind() == BlockKind::Data
+                && blocks
+                    .iter()
+                    .filter(|o| o.info.offset == b.info.offset)
+                    .count()
+                    > 1
+        })
+        .copied()
+        .collect();
+    let (good, bad) = (
+        twins[0],
+        *twins
+            .iter()
+            .find(|t| t.info.offset == twins[0].info.offset && t.index != twins[0].index)
+            .expect("a twin"),
+    );
+    for (tag, edit) in [
+        (
+            "crc",
+            (|i: &mut BlockInfo| i.checksum ^= 1) as fn(&mut BlockInfo),
+        ),
+        ("length", |i: &mut BlockInfo| i.length -= 1),
+    ] {
+        let mut info = bad.info;
+        edit(&mut info);
+        a.set_block(bad.entry_pos, &info);
+        let path = dir.path().join(format!("twin-{tag}.hxz"));
+        a.save(&path);
+        a.set_block(bad.entry_pos, &bad.info);
+        let snap = Snapshot::open_with(&path, &engine(64 << 20, 2), &OpenOptions::default())
+            .expect("open");
+        let mut buf = vec![0u8; good.info.logical_len as usize];
+        snap.read_at(good.stream, good.logical, &mut buf)
+            .expect("the intact twin reads");
+        read_fails(&snap, &bad, |f| matches!(f, BlockFault::Codec(_)));
+        verify_lists(&path, &[&bad]);
+    }
+}
+
+#[test]
 fn verify_lists_every_bad_block_with_its_stream_offset() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut a = ArchiveBytes::fixture("vm-dir-lz4.hxz");

@@ -90,7 +90,14 @@ impl Target {
         } else {
             0
         };
-        (self.archive.id, self.info.offset, nonce)
+        (
+            self.archive.id,
+            self.info.offset,
+            self.info.length,
+            self.info.logical_len,
+            self.info.checksum,
+            nonce,
+        )
     }
 }
 
