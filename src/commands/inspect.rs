@@ -298,7 +298,12 @@ pub fn render_text(r: &Report) -> String {
         Some(m) => {
             let mut text = m.to_string();
             if text.len() > 2000 {
-                text.truncate(text.floor_char_boundary(2000));
+                // `str::floor_char_boundary` is newer than the crate's MSRV (1.85).
+                let mut end = 2000;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.truncate(end);
                 text.push_str("...");
             }
             line(&mut s, "metadata", text);

@@ -207,9 +207,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(digits);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (expected e.g. 30, \"30s\", \"500ms\", \"5m\")"))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!("{s:?} is not a duration (expected e.g. 30, \"30s\", \"500ms\", \"5m\")")
+    })?;
     let ms = match unit.trim() {
         "ms" => Some(n),
         "" | "s" => n.checked_mul(1000),
@@ -255,7 +255,13 @@ impl Config {
                 Value::Str(s) => crate::cli::parse_size(s).map_err(|p| invalid(key, p)),
             }
         };
-        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
         let readable = |key: &str, p: &Path| -> Result<PathBuf, ConfigError> {
             let p = resolve(p);
             std::fs::File::open(&p)
@@ -314,7 +320,10 @@ impl Config {
             if let Some(v) = &n.handshake_timeout {
                 c.nbd.handshake_timeout = duration("nbd.handshake_timeout", v)?;
                 if c.nbd.handshake_timeout.is_zero() {
-                    return Err(invalid("nbd.handshake_timeout", "must be greater than 0".into()));
+                    return Err(invalid(
+                        "nbd.handshake_timeout",
+                        "must be greater than 0".into(),
+                    ));
                 }
             }
             if let Some(v) = &n.idle_timeout {
@@ -339,17 +348,26 @@ impl Config {
             if !valid_name(&s.name) {
                 return Err(invalid(
                     &key("name"),
-                    format!("{:?} is not a valid name: use letters, digits, '.', '_' or '-', not \"disk\" or \"memory\"", s.name),
+                    format!(
+                        "{:?} is not a valid name: use letters, digits, '.', '_' or '-', not \"disk\" or \"memory\"",
+                        s.name
+                    ),
                 ));
             }
             if raw.snapshot[..i].iter().any(|o| o.name == s.name) {
-                return Err(invalid(&key("name"), format!("duplicate snapshot name {:?}", s.name)));
+                return Err(invalid(
+                    &key("name"),
+                    format!("duplicate snapshot name {:?}", s.name),
+                ));
             }
             let default = s.default.unwrap_or(false);
             if default {
                 defaults += 1;
                 if defaults > 1 {
-                    return Err(invalid(&key("default"), "only one snapshot can be the default".into()));
+                    return Err(invalid(
+                        &key("default"),
+                        "only one snapshot can be the default".into(),
+                    ));
                 }
             }
             let path = readable(&key("path"), &s.path)?;
@@ -420,18 +438,29 @@ mod tests {
 
     #[test]
     fn bad_values_name_key_and_problem() {
-        let e = parse("[http]\nheader_timeout = \"10 parsecs\"\n").unwrap_err().to_string();
+        let e = parse("[http]\nheader_timeout = \"10 parsecs\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("http.header_timeout"), "{e}");
-        let e = parse("[cache]\nmemory = \"lots\"\n").unwrap_err().to_string();
+        let e = parse("[cache]\nmemory = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cache.memory"), "{e}");
-        let e = parse("[http]\nmax_connections = 0\n").unwrap_err().to_string();
+        let e = parse("[http]\nmax_connections = 0\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("http.max_connections"), "{e}");
     }
 
     #[test]
     fn missing_snapshot_file_is_an_error() {
-        let e = parse("[[snapshot]]\nname = \"a\"\npath = \"missing.hxz\"\n").unwrap_err().to_string();
-        assert!(e.contains("snapshot[0].path") && e.contains("/nonexistent/missing.hxz"), "{e}");
+        let e = parse("[[snapshot]]\nname = \"a\"\npath = \"missing.hxz\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("snapshot[0].path") && e.contains("/nonexistent/missing.hxz"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -445,8 +474,14 @@ mod tests {
             f.display()
         );
         let e = Config::parse(&text, &cfg).unwrap_err().to_string();
-        assert!(e.contains("snapshot[1].name") && e.contains("duplicate"), "{e}");
-        let text = format!("[[snapshot]]\nname = \"disk\"\npath = \"{}\"\n", f.display());
+        assert!(
+            e.contains("snapshot[1].name") && e.contains("duplicate"),
+            "{e}"
+        );
+        let text = format!(
+            "[[snapshot]]\nname = \"disk\"\npath = \"{}\"\n",
+            f.display()
+        );
         let e = Config::parse(&text, &cfg).unwrap_err().to_string();
         assert!(e.contains("snapshot[0].name"), "{e}");
         // Relative paths are relative to the config file's directory.
@@ -458,13 +493,7 @@ mod tests {
     fn the_shipped_sample_config_is_valid_and_shows_the_defaults() {
         let text = include_str!("../../etc/hexzd/hexzd.toml");
         let c = Config::parse(text, Path::new("/etc/hexzd/hexzd.toml")).unwrap();
-        assert_eq!(
-            Config {
-                file: None,
-                ..c
-            },
-            Config::default()
-        );
+        assert_eq!(Config { file: None, ..c }, Config::default());
     }
 
     #[test]

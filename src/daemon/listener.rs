@@ -30,7 +30,9 @@ const EXHAUSTED_BACKOFF: Duration = Duration::from_millis(50);
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
     /// The address does not parse or resolve.
-    #[error("bad listen address {addr:?}: {reason} (expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080)")]
+    #[error(
+        "bad listen address {addr:?}: {reason} (expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080)"
+    )]
     Address { addr: String, reason: String },
     /// bind/listen failed.
     #[error("cannot listen on {addr}: {source}")]
@@ -115,7 +117,9 @@ impl Listener {
         };
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             // Only a socket nobody answers on is ours to replace.
-            if meta.file_type().is_socket() && std::os::unix::net::UnixStream::connect(path).is_err() {
+            if meta.file_type().is_socket()
+                && std::os::unix::net::UnixStream::connect(path).is_err()
+            {
                 let _ = std::fs::remove_file(path);
             }
         }
@@ -225,7 +229,11 @@ impl Drop for ActiveGuard {
 }
 
 /// Starts the accept thread for `listener`. It exits when `shutdown` triggers.
-pub fn spawn(listener: Listener, cfg: AcceptLoop, shutdown: Arc<Shutdown>) -> io::Result<JoinHandle<()>> {
+pub fn spawn(
+    listener: Listener,
+    cfg: AcceptLoop,
+    shutdown: Arc<Shutdown>,
+) -> io::Result<JoinHandle<()>> {
     listener.set_nonblocking()?;
     let name = format!("{}-accept", cfg.proto.name().to_ascii_lowercase());
     std::thread::Builder::new()
@@ -294,7 +302,10 @@ fn accept_loop(listener: &Listener, cfg: &AcceptLoop, shutdown: &Shutdown) {
                 });
             if let Err(e) = spawned {
                 // The closure (and with it the connection and the guard) was dropped.
-                log::warn!("{} connection dropped: cannot start a thread: {e}", cfg.proto.name());
+                log::warn!(
+                    "{} connection dropped: cannot start a thread: {e}",
+                    cfg.proto.name()
+                );
                 std::thread::sleep(EXHAUSTED_BACKOFF);
             }
         }

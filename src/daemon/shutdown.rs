@@ -19,8 +19,9 @@ pub struct Shutdown {
 impl Shutdown {
     /// A not-yet-triggered shutdown.
     pub fn new() -> std::io::Result<Shutdown> {
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-            .map_err(std::io::Error::from)?;
+        let (r, w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(std::io::Error::from)?;
         Ok(Shutdown {
             flag: AtomicBool::new(false),
             wake_read: r,
@@ -36,7 +37,10 @@ impl Shutdown {
         // The pipe stays readable forever after: every poller wakes, now or later. A full pipe
         // (EAGAIN) is fine for the same reason.
         let _ = nix::unistd::write(&self.wake_write, &[1u8]);
-        let mut done = self.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut done = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *done = true;
         self.cv.notify_all();
     }
@@ -48,9 +52,15 @@ impl Shutdown {
 
     /// Blocks until shutdown is triggered.
     pub fn wait(&self) {
-        let mut done = self.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut done = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         while !*done {
-            done = self.cv.wait(done).unwrap_or_else(std::sync::PoisonError::into_inner);
+            done = self
+                .cv
+                .wait(done)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 

@@ -325,12 +325,12 @@ impl Snapshot {
         for piece in self.plan(stream, offset, n as u64)? {
             match piece {
                 Piece::Gap(len) => {
-                    let len = len as usize;
+                    let len = within(len);
                     buf[dst..dst + len].fill(0);
                     dst += len;
                 }
                 Piece::Entry { page, i, skip, len } => {
-                    let (skip, len) = (skip as usize, len as usize);
+                    let (skip, len) = (within(skip), within(len));
                     match self.target(stream, &page, i)? {
                         None => buf[dst..dst + len].fill(0),
                         Some(target) => match cache.get(&target.key()) {
@@ -572,6 +572,12 @@ impl Drop for DecodeJob {
             self.finish(Err(e));
         }
     }
+}
+
+/// Converts a length or offset of a planned piece to `usize`. Pieces of a read lie within its
+/// buffer (and offsets inside a block within `logical_len`, a u32), so this never saturates.
+fn within(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
 }
 
 /// Lowercase hex of a byte string.
