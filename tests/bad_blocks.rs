@@ -81,7 +81,7 @@ fn others_read(snap: &Snapshot, bad: &Located, want: &[u8]) {
         if b.index == bad.index || b.info.offset == bad.info.offset || b.stream != bad.stream {
             continue;
         }
-        let (s, l) = (b.logical as usize, b.info.logical_len as usize);
+        let (s, l) = (common::us(b.logical), b.info.logical_len as usize);
         let mut buf = vec![0u8; l];
         snap.read_at(b.stream, b.logical, &mut buf)
             .unwrap_or_else(|e| panic!("block {}: {e}", b.index));
@@ -414,7 +414,7 @@ fn verify_lists_every_bad_block_with_its_stream_offset() {
         if picks.iter().any(|p| p.index == b.index) {
             assert!(r.is_err(), "block {} must fail", b.index);
         } else {
-            let s = b.logical as usize;
+            let s = common::us(b.logical);
             assert!(r.expect("good aux block") == want[s..s + b.info.logical_len as usize]);
         }
     }

@@ -301,7 +301,7 @@ fn parent_hash_no_parent_holds_is_a_read_error_naming_the_block() {
         if b.index == bad.index {
             continue;
         }
-        let (s, l) = (b.logical as usize, b.info.logical_len as usize);
+        let (s, l) = (common::us(b.logical), b.info.logical_len as usize);
         let mut buf = vec![0u8; l];
         snap.read_at(Stream::Main, b.logical, &mut buf)
             .expect("other block");

@@ -140,7 +140,7 @@ fn only_that_block_fails(path: &Path, bad: &Located, expect_tag_failure: bool) {
         if b.index == bad.index {
             continue;
         }
-        let (s, l) = (b.logical as usize, b.info.logical_len as usize);
+        let (s, l) = (common::us(b.logical), b.info.logical_len as usize);
         let mut buf = vec![0u8; l];
         snap.read_at(Stream::Main, b.logical, &mut buf)
             .unwrap_or_else(|e| panic!("block {} must still read: {e}", b.index));

@@ -459,6 +459,11 @@ impl ArchiveBytes {
     }
 }
 
+/// A stream or file offset as a `usize` (test data always fits in memory).
+pub fn us(v: u64) -> usize {
+    usize::try_from(v).expect("offset fits usize")
+}
+
 /// Writes `data` to `dir/name` and returns the path.
 pub fn write_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
     let p = dir.join(name);
