@@ -265,32 +265,32 @@ fn fixtures_in(cfg: Config, count: usize) {
 
 #[test]
 fn fixtures_random_ranges_cache_off_one_worker() {
-    fixtures_in(CACHE_OFF_ONE, 150);
+    fixtures_in(CACHE_OFF_ONE, 120);
 }
 
 #[test]
 fn fixtures_random_ranges_cache_off_n_workers() {
-    fixtures_in(CACHE_OFF_N, 150);
+    fixtures_in(CACHE_OFF_N, 120);
 }
 
 #[test]
 fn fixtures_random_ranges_cache_on_one_worker() {
-    fixtures_in(CACHE_ON_ONE, 300);
+    fixtures_in(CACHE_ON_ONE, 200);
 }
 
 #[test]
 fn fixtures_random_ranges_cache_on_n_workers() {
-    fixtures_in(CACHE_ON_N, 300);
+    fixtures_in(CACHE_ON_N, 200);
 }
 
 #[test]
 fn fixtures_random_ranges_tiny_cache_many_threads() {
-    fixtures_in(TINY_CACHE_THREADS, 40);
+    fixtures_in(TINY_CACHE_THREADS, 30);
 }
 
 #[test]
 fn fixtures_random_ranges_cache_off_many_threads() {
-    fixtures_in(CACHE_OFF_THREADS, 30);
+    fixtures_in(CACHE_OFF_THREADS, 20);
 }
 
 /// Main stream of 6,000+ 512-byte blocks and aux of 4,100+: two pages each.
@@ -333,7 +333,7 @@ fn multi_page_archive_random_ranges_in_every_configuration() {
         .into_iter()
         .enumerate()
         {
-            let count = if cfg.threads > 1 { 50 } else { 300 };
+            let count = if cfg.threads > 1 { 40 } else { 200 };
             run_config(
                 &out,
                 &OpenOptions::default(),

@@ -401,8 +401,8 @@ impl ArchiveBytes {
         MasterIndex::decode(&self.bytes[self.index_offset()..]).expect("master index")
     }
 
-    /// Replaces the master index in place (the encoding must keep its length, i.e. the same
-    /// numbers of pages) — or, when `truncate_after` is set, also drops whatever followed it.
+    /// Replaces the master index in place; the encoding must keep its length (the same numbers
+    /// of pages).
     pub fn set_master(&mut self, m: &MasterIndex) {
         let off = self.index_offset();
         let enc = m.encode();
