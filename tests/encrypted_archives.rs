@@ -79,9 +79,13 @@ fn no_password_is_a_clear_error_at_open() {
 
 /// A copy of the fixture with one byte of one stored block flipped. With `fix_crc`, the CRC
 /// is recomputed so that the AES-GCM tag, not the CRC, catches it. Returns the path and the
-/// block, chosen in the middle of the stream (not the first data block, which the password
-/// check at open authenticates).
+/// block, chosen in the middle of the stream.
 fn corrupt_copy(dir: &Path, fix_crc: bool) -> (PathBuf, Located) {
+    corrupt_copy_at(dir, fix_crc, |n| n / 2)
+}
+
+/// As [`corrupt_copy`], corrupting data block number `pick(data block count)`.
+fn corrupt_copy_at(dir: &Path, fix_crc: bool, pick: fn(usize) -> usize) -> (PathBuf, Located) {
     let mut a = ArchiveBytes::fixture(ARCHIVE);
     let data: Vec<Located> = a
         .blocks()
@@ -89,7 +93,7 @@ fn corrupt_copy(dir: &Path, fix_crc: bool) -> (PathBuf, Located) {
         .filter(|b| b.info.kind() == BlockKind::Data)
         .collect();
     assert!(data.len() > 4);
-    let mut bad = data[data.len() / 2];
+    let mut bad = data[pick(data.len())];
     let r = ArchiveBytes::stored_range(&bad.info);
     a.bytes[r.start + r.len() / 3] ^= 0x20;
     if fix_crc {
@@ -180,4 +184,15 @@ fn flipped_byte_with_a_matching_crc_fails_authentication_of_only_that_block() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (path, bad) = corrupt_copy(dir.path(), true);
     only_that_block_fails(&path, &bad, true);
+}
+
+/// Regression: the password check at open used to authenticate only the first CRC-intact data
+/// block, so an altered first block with a rewritten CRC made the right password look wrong.
+#[test]
+fn altered_first_block_with_a_matching_crc_does_not_look_like_a_wrong_password() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, bad) = corrupt_copy_at(dir.path(), true, |_| 0);
+    only_that_block_fails(&path, &bad, true);
+    let e = open_with(&path, Some("not-the-password")).expect_err("wrong password");
+    assert!(matches!(e, StoreError::WrongPassword { .. }), "{e}");
 }

@@ -45,6 +45,29 @@ impl VerifyReport {
 
 type Outcome = (Stream, u64, u64, Result<(), BlockFault>);
 
+/// A verify job's answer. If the job dies without answering (a panic in a decoder), `Drop`
+/// reports it as a failure of that block, so `verify` neither hangs nor omits the block.
+struct Reply {
+    tx: Option<crossbeam_channel::Sender<Outcome>>,
+    stream: Stream,
+    index: u64,
+    offset: u64,
+}
+
+impl Reply {
+    fn send(&mut self, r: Result<(), BlockFault>) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send((self.stream, self.index, self.offset, r));
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        self.send(Err(BlockFault::Internal));
+    }
+}
+
 impl Snapshot {
     /// Verifies every block. `progress` is called with (entries done, entries total).
     pub fn verify(&self, mut progress: impl FnMut(u64, u64)) -> Result<VerifyReport, StoreError> {
@@ -128,6 +151,12 @@ impl Snapshot {
                             in_flight += 1;
                             let archive = Arc::clone(archive);
                             let tx = tx.clone();
+                            let mut reply = Reply {
+                                tx: Some(tx),
+                                stream,
+                                index,
+                                offset,
+                            };
                             engine.pool.submit(Box::new(move |scratch| {
                                 let r = decode(&archive, &info, index, scratch).and_then(|plain| {
                                     let check = info.hash != [0; 32] && archive.cipher.is_none();
@@ -137,7 +166,7 @@ impl Snapshot {
                                         Ok(())
                                     }
                                 });
-                                let _ = tx.send((stream, index, offset, r));
+                                reply.send(r);
                             }));
                         }
                     }
