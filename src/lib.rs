@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod daemon;
 pub mod format;
+pub mod http;
 pub mod logging;
 pub mod pack;
 pub mod store;

@@ -1,0 +1,690 @@
+//! One HTTP connection (RFC 9112): reads request heads within the header and idle timeouts,
+//! answers them in order (keep-alive and pipelining), streams bodies through one reusable
+//! buffer, and closes on anything that would leave the stream out of step.
+//!
+//! Memory: the receive buffer (4 KiB, grown up to [`MAX_HEAD_BYTES`] for a large head) and the body buffer (at most
+//! [`MAX_CHUNK`], sized to the response) are kept while requests keep coming and released
+//! once the connection has been idle for [`IDLE_GRACE`]; an idle connection then waits in
+//! `poll` holding only its thread's stack.
+//!
+//! Timeouts: SO_RCVTIMEO is set once to a short tick; a read that times out re-checks the
+//! deadlines (header deadline from the first byte of a head, idle deadline from the end of the
+//! previous response). SO_SNDTIMEO is the idle timeout, so a client that stops reading cannot
+//! hold the thread longer than that without progress.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use super::handler::{self, Body, Response};
+use super::request::{self, Body as RequestBody, Expect, HeadError, MAX_HEAD_BYTES, Request};
+use super::response::{Connection as ConnHeader, Piece, Plan};
+use super::{HttpService, date};
+use crate::daemon::conn::is_disconnect;
+use crate::daemon::{Catalog, Conn, ProtoMetrics};
+use crate::format::Stream;
+use crate::store::{Snapshot, StoreError};
+
+/// Largest body buffer per connection: bodies are produced in chunks of at most this size.
+pub const MAX_CHUNK: usize = 1 << 20;
+/// First size of the receive buffer; most request heads are a few hundred bytes.
+const INITIAL_INBUF: usize = 4096;
+/// How long a connection keeps its buffers after a response while waiting for the next
+/// request (keep-alive clients usually come back within milliseconds).
+pub const IDLE_GRACE: Duration = Duration::from_secs(1);
+/// After an error response, bytes of request data read and discarded before closing, so the
+/// close does not become a reset that destroys the response in flight (RFC 9112 §9.6).
+const LINGER_BYTES: u64 = 8 << 20;
+/// Longest time spent discarding after an error response.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// What the wait for the next request produced.
+enum Next {
+    /// A complete head (boxed: it is much larger than the other variants).
+    Request(Box<Request>),
+    /// A head hexzd refuses.
+    Bad(HeadError),
+    /// The head did not arrive within the header timeout.
+    HeadTimeout,
+    /// The client closed, or the idle timeout expired between requests.
+    Closed,
+}
+
+/// How a response went out.
+struct Sent {
+    /// Body bytes written.
+    body: u64,
+    /// False when the connection must close after this response.
+    keep_alive: bool,
+}
+
+/// A failure while sending a streamed body.
+enum SendError {
+    /// A storage read failed before any byte of the response was written: a 500 can still be
+    /// sent.
+    Early(StoreError),
+    /// A storage read failed after the head was written: the connection must close.
+    Late(StoreError),
+    /// The socket failed.
+    Io(io::Error),
+}
+
+/// The state of one connection.
+pub(super) struct Connection<'a> {
+    svc: &'a HttpService,
+    catalog: Arc<Catalog>,
+    conn: Conn,
+    peer: String,
+    /// Received bytes; `inbuf[start..end]` is not yet consumed. Empty (no allocation) while
+    /// the connection is cold.
+    inbuf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The body buffer, sized to the largest chunk sent since the connection was last cold.
+    body: Vec<u8>,
+    /// The SO_RCVTIMEO in effect.
+    tick: Duration,
+}
+
+impl<'a> Connection<'a> {
+    /// Takes over an accepted connection.
+    pub fn new(svc: &'a HttpService, conn: Conn, peer: String) -> Connection<'a> {
+        let s = &svc.settings;
+        let tick = IDLE_GRACE
+            .min(s.header_timeout)
+            .min(s.idle_timeout)
+            .max(Duration::from_millis(1));
+        Connection {
+            svc,
+            catalog: svc.catalog.load(),
+            conn,
+            peer,
+            inbuf: Vec::new(),
+            start: 0,
+            end: 0,
+            body: Vec::new(),
+            tick,
+        }
+    }
+
+    /// Serves requests until the connection closes.
+    pub fn run(mut self) {
+        if let Err(e) = self.setup() {
+            log::debug!("{}: cannot set socket options: {e}", self.peer);
+            return;
+        }
+        loop {
+            let next = match self.next_request() {
+                Ok(n) => n,
+                Err(e) => {
+                    self.io_error("reading a request", &e);
+                    return;
+                }
+            };
+            let started = Instant::now();
+            let result = match next {
+                Next::Closed => return,
+                Next::Request(req) => self.answer(&req, started),
+                Next::Bad(e) => {
+                    log::debug!("{}: {e}", self.peer);
+                    self.refuse(e.status(), "-", started)
+                }
+                Next::HeadTimeout => {
+                    log::debug!(
+                        "{}: request head not received within the header timeout",
+                        self.peer
+                    );
+                    self.refuse(408, "-", started)
+                }
+            };
+            match result {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.linger_close();
+                    return;
+                }
+                Err(e) => {
+                    self.io_error("sending a response", &e);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn setup(&mut self) -> io::Result<()> {
+        // The timeouts below need a blocking socket; an accept loop that polls a non-blocking
+        // listener must not hand over a non-blocking connection by accident.
+        match &self.conn {
+            Conn::Tcp(s) => s.set_nonblocking(false)?,
+            Conn::Unix(s) => s.set_nonblocking(false)?,
+        }
+        self.conn.set_nodelay()?;
+        self.conn.set_read_timeout(Some(self.tick))?;
+        self.conn.set_write_timeout(Some(
+            self.svc.settings.idle_timeout.max(Duration::from_millis(1)),
+        ))
+    }
+
+    fn io_error(&self, what: &str, e: &io::Error) {
+        if is_disconnect(e) {
+            log::debug!("{}: client went away while {what}: {e}", self.peer);
+        } else if matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            log::info!("{}: timed out while {what}; connection closed", self.peer);
+        } else {
+            log::warn!("{}: error while {what}: {e}; connection closed", self.peer);
+        }
+    }
+
+    // ---- reading -------------------------------------------------------------------------
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        match &self.conn {
+            Conn::Tcp(s) => s.as_fd(),
+            Conn::Unix(s) => s.as_fd(),
+        }
+    }
+
+    /// Allocates the receive buffer if the connection was cold, and grows a full one (up to
+    /// [`MAX_HEAD_BYTES`]; a full buffer of that size has already been refused by the parser).
+    fn warm(&mut self) {
+        if self.inbuf.is_empty() {
+            self.inbuf = vec![0; INITIAL_INBUF];
+        } else if self.end == self.inbuf.len() && self.inbuf.len() < MAX_HEAD_BYTES {
+            self.inbuf
+                .resize((self.inbuf.len() * 2).min(MAX_HEAD_BYTES), 0);
+        }
+    }
+
+    /// Releases both buffers (nothing is pending in them).
+    fn cool(&mut self) {
+        debug_assert_eq!(self.start, self.end);
+        self.inbuf = Vec::new();
+        self.body = Vec::new();
+        self.start = 0;
+        self.end = 0;
+    }
+
+    /// Waits for and parses the next request head.
+    fn next_request(&mut self) -> io::Result<Next> {
+        let idle_deadline = Instant::now() + self.svc.settings.idle_timeout;
+        let mut head_deadline: Option<Instant> = None;
+        loop {
+            if self.end > self.start {
+                let now = Instant::now();
+                let deadline = *head_deadline.get_or_insert(now + self.svc.settings.header_timeout);
+                match request::parse(&self.inbuf[self.start..self.end]) {
+                    Ok(Some((req, used))) => {
+                        self.start += used;
+                        if self.start == self.end {
+                            self.start = 0;
+                            self.end = 0;
+                        }
+                        return Ok(Next::Request(Box::new(req)));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Ok(Next::Bad(e)),
+                }
+                if now >= deadline {
+                    return Ok(Next::HeadTimeout);
+                }
+                // Make room at the end: a partial head moves to the front.
+                if self.start > 0 {
+                    self.inbuf.copy_within(self.start..self.end, 0);
+                    self.end -= self.start;
+                    self.start = 0;
+                }
+            } else if Instant::now() >= idle_deadline {
+                return Ok(Next::Closed);
+            }
+            if self.inbuf.is_empty() {
+                // Cold: wait in poll without buffers.
+                let wait = idle_deadline.saturating_duration_since(Instant::now());
+                if !self.wait_readable(wait)? {
+                    return Ok(Next::Closed);
+                }
+            }
+            self.warm();
+            match self.conn.read(&mut self.inbuf[self.end..]) {
+                Ok(0) => {
+                    if self.end > self.start {
+                        log::debug!(
+                            "{}: client closed in the middle of a request head",
+                            self.peer
+                        );
+                    }
+                    return Ok(Next::Closed);
+                }
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if self.end == self.start {
+                        // A full tick with nothing: this connection is idle, not busy.
+                        self.cool();
+                    }
+                }
+                Err(e) if is_disconnect(&e) => return Ok(Next::Closed),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits up to `wait` for the socket to become readable (or closed).
+    fn wait_readable(&self, wait: Duration) -> io::Result<bool> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            let mut fds = [PollFd::new(self.fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Ok(0) => {
+                    if left.is_zero() {
+                        return Ok(false);
+                    }
+                }
+                Ok(_) => return Ok(true),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(io::Error::from(e)),
+            }
+        }
+    }
+
+    // ---- answering -----------------------------------------------------------------------
+
+    /// Answers a refused head (or a header timeout) and says the connection must close.
+    fn refuse(&mut self, status: u16, target: &str, started: Instant) -> io::Result<bool> {
+        ProtoMetrics::add(&self.svc.metrics.http.protocol_errors, 1);
+        let now = date::unix_seconds(SystemTime::now());
+        let r = Response::empty(status, &date::format(now));
+        let head = r.head.finish(ConnHeader::Close);
+        let result = self.conn.write_all(&head);
+        self.log_access("-", target, None, status, 0, started);
+        ProtoMetrics::add(&self.svc.metrics.http.requests_total, 1);
+        result.map(|()| false)
+    }
+
+    /// Validates the framing of `req`, decides its answer and sends it. Returns whether the
+    /// connection stays open.
+    fn answer(&mut self, req: &Request, started: Instant) -> io::Result<bool> {
+        // RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in 1.0.
+        let framing_error = if req.hosts > 1 || (req.minor_version >= 1 && req.hosts == 0) {
+            Some(400)
+        } else {
+            match req.body {
+                RequestBody::None => None,
+                RequestBody::Invalid => Some(400),
+                // Bodies are refused unread; with `Expect: 100-continue` the client has not
+                // sent it yet and will not, as no 100 is sent.
+                RequestBody::Length(_) | RequestBody::Encoded => Some(413),
+            }
+        };
+        if let Some(status) = framing_error {
+            return self.refuse(status, &req.target, started);
+        }
+        let now = date::unix_seconds(SystemTime::now());
+        let response = if req.expect == Expect::Other {
+            Response::empty(417, &date::format(now))
+        } else {
+            handler::respond(self.svc, &self.catalog, req, now)
+        };
+        let keep_alive = req.wants_keep_alive();
+        let conn_header = match (keep_alive, req.minor_version) {
+            (false, _) => ConnHeader::Close,
+            (true, 0) => ConnHeader::KeepAlive10,
+            (true, _) => ConnHeader::KeepAlive,
+        };
+        let (status, sent) = self.send(response, conn_header, req.range())?;
+        self.log_access(
+            &req.method_name,
+            &req.target,
+            req.range(),
+            status,
+            sent.body,
+            started,
+        );
+        ProtoMetrics::add(&self.svc.metrics.http.requests_total, 1);
+        Ok(keep_alive && sent.keep_alive)
+    }
+
+    /// Sends a decided response; returns the status actually sent and how.
+    fn send(
+        &mut self,
+        response: Response,
+        conn_header: ConnHeader,
+        range: Option<&[u8]>,
+    ) -> io::Result<(u16, Sent)> {
+        let Response { status, head, body } = response;
+        match body {
+            Body::None => {
+                self.conn.write_all(&head.finish(conn_header))?;
+                Ok((
+                    status,
+                    Sent {
+                        body: 0,
+                        keep_alive: true,
+                    },
+                ))
+            }
+            Body::Bytes(b) => {
+                let head = head.finish(conn_header);
+                write_all_vectored(&mut self.conn, &mut [IoSlice::new(&head), IoSlice::new(&b)])?;
+                self.count_bytes(b.len() as u64);
+                Ok((
+                    status,
+                    Sent {
+                        body: b.len() as u64,
+                        keep_alive: true,
+                    },
+                ))
+            }
+            Body::Stream {
+                snapshot,
+                stream,
+                plan,
+            } => {
+                let head = head.finish(conn_header);
+                match self.stream_body(head, &snapshot, stream, &plan) {
+                    Ok(n) => Ok((
+                        status,
+                        Sent {
+                            body: n,
+                            keep_alive: true,
+                        },
+                    )),
+                    Err(SendError::Io(e)) => Err(e),
+                    Err(SendError::Early(e)) => {
+                        self.store_error(&snapshot, &e, range);
+                        let now = date::unix_seconds(SystemTime::now());
+                        let head = Response::empty(500, &date::format(now))
+                            .head
+                            .finish(conn_header);
+                        self.conn.write_all(&head)?;
+                        Ok((
+                            500,
+                            Sent {
+                                body: 0,
+                                keep_alive: true,
+                            },
+                        ))
+                    }
+                    Err(SendError::Late(e)) => {
+                        self.store_error(&snapshot, &e, range);
+                        // Never a short body on a kept-alive connection (http.md §5).
+                        Ok((
+                            status,
+                            Sent {
+                                body: 0,
+                                keep_alive: false,
+                            },
+                        ))
+                    }
+                }
+            }
+        }
+    }
+
+    fn count_bytes(&self, n: u64) {
+        ProtoMetrics::add(&self.svc.metrics.http.bytes_sent, n);
+    }
+
+    /// Logs and counts a storage failure (the one mapping of store errors for HTTP: 500 before
+    /// the head, a closed connection after it).
+    fn store_error(&self, snapshot: &Snapshot, e: &StoreError, range: Option<&[u8]>) {
+        ProtoMetrics::add(&self.svc.metrics.http.read_errors, 1);
+        let range = range.map(String::from_utf8_lossy).unwrap_or_default();
+        if e.is_corruption() {
+            self.svc.corrupt_blocks.fetch_add(1, Ordering::Relaxed);
+            log::warn!(
+                "{}: corrupt block not served (Range {range:?}): {e}",
+                self.peer
+            );
+        } else {
+            log::error!(
+                "{}: read of {} failed (Range {range:?}): {e}",
+                self.peer,
+                snapshot.path().display()
+            );
+        }
+    }
+
+    /// Produces `plan` block by block through the body buffer and writes it after `head`. The
+    /// head goes out with the first full buffer, so a body that fits in one buffer is read
+    /// completely before anything is sent, and any error in it is still a clean 500.
+    fn stream_body(
+        &mut self,
+        head: Vec<u8>,
+        snapshot: &Snapshot,
+        stream: Stream,
+        plan: &Plan,
+    ) -> Result<u64, SendError> {
+        let cap = usize::try_from(plan.len)
+            .unwrap_or(MAX_CHUNK)
+            .clamp(1, MAX_CHUNK);
+        if self.body.len() < cap {
+            self.body = vec![0; cap];
+        }
+        let prefetch = snapshot.engine().config().cache_bytes > 0;
+        let mut out = Out {
+            conn: &mut self.conn,
+            head: Some(head),
+            sent: 0,
+        };
+        let buf = &mut self.body[..cap];
+        let mut fill = 0usize;
+        for piece in &plan.pieces {
+            match piece {
+                Piece::Text(t) => {
+                    let mut t = t.as_slice();
+                    while !t.is_empty() {
+                        let k = t.len().min(cap - fill);
+                        buf[fill..fill + k].copy_from_slice(&t[..k]);
+                        fill += k;
+                        t = &t[k..];
+                        if fill == cap {
+                            out.flush(buf)?;
+                            fill = 0;
+                        }
+                    }
+                }
+                Piece::Data(r) => {
+                    let end = r.last + 1;
+                    let mut off = r.first;
+                    while off < end {
+                        let want = usize::try_from(end - off)
+                            .unwrap_or(usize::MAX)
+                            .min(cap - fill);
+                        let dst = &mut buf[fill..fill + want];
+                        match snapshot.read_at(stream, off, dst) {
+                            Ok(n) if n == want => {}
+                            Ok(n) => {
+                                let e = StoreError::Corrupt {
+                                    path: snapshot.path().to_path_buf(),
+                                    detail: format!(
+                                        "{stream} stream: read at offset {off} returned {n} of {want} bytes"
+                                    ),
+                                };
+                                return Err(out.fail(e));
+                            }
+                            Err(e) => return Err(out.fail(e)),
+                        }
+                        fill += want;
+                        off += want as u64;
+                        if fill == cap {
+                            if prefetch && off < end {
+                                // Decode the next chunk on the pool while this one is written.
+                                let _ = snapshot.prefetch(stream, off, (end - off).min(cap as u64));
+                            }
+                            out.flush(buf)?;
+                            fill = 0;
+                        }
+                    }
+                }
+            }
+        }
+        if fill > 0 || out.head.is_some() {
+            out.flush(&buf[..fill])?;
+        }
+        let sent = out.sent;
+        self.count_bytes(sent);
+        Ok(sent)
+    }
+
+    fn log_access(
+        &self,
+        method: &str,
+        target: &str,
+        range: Option<&[u8]>,
+        status: u16,
+        bytes: u64,
+        started: Instant,
+    ) {
+        if !log::log_enabled!(log::Level::Info) {
+            return;
+        }
+        let range = range.map_or_else(
+            || "-".to_string(),
+            |r| printable(&String::from_utf8_lossy(r)),
+        );
+        log::info!(
+            "{} \"{} {}\" range={range} {status} {bytes} {:.3}ms",
+            self.peer,
+            printable(method),
+            printable(target),
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+
+    // ---- closing -------------------------------------------------------------------------
+
+    /// Closes after an error response: stops sending, then reads and discards what the
+    /// client is still sending (bounded in bytes and time, never stored), so the kernel sends
+    /// FIN rather than RST and the client gets to read the response.
+    fn linger_close(&mut self) {
+        let _ = self.conn.shutdown(Shutdown::Write);
+        let deadline = Instant::now() + LINGER_TIME;
+        let mut scratch = [0u8; 4096];
+        let mut drained = 0u64;
+        while drained < LINGER_BYTES && Instant::now() < deadline {
+            match self.conn.read(&mut scratch) {
+                Ok(0) => break,
+                Ok(n) => drained += n as u64,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// The writing side of [`Connection::stream_body`]: the pending head and a byte count.
+struct Out<'c> {
+    conn: &'c mut Conn,
+    head: Option<Vec<u8>>,
+    sent: u64,
+}
+
+impl Out<'_> {
+    /// Writes the head (the first time) and `data` in as few system calls as the socket
+    /// allows.
+    fn flush(&mut self, data: &[u8]) -> Result<(), SendError> {
+        let head = self.head.take().unwrap_or_default();
+        write_all_vectored(self.conn, &mut [IoSlice::new(&head), IoSlice::new(data)])
+            .map_err(SendError::Io)?;
+        self.sent += data.len() as u64;
+        Ok(())
+    }
+
+    fn fail(&self, e: StoreError) -> SendError {
+        if self.head.is_some() {
+            SendError::Early(e)
+        } else {
+            SendError::Late(e)
+        }
+    }
+}
+
+/// `write_all` over several buffers (std's is unstable).
+fn write_all_vectored(w: &mut impl Write, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `s` with control characters escaped, for a log line a client cannot forge.
+fn printable(s: &str) -> String {
+    if s.chars().all(|c| !c.is_control()) {
+        return s.to_string();
+    }
+    s.chars().flat_map(char::escape_default).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most 3 bytes per call.
+    struct Trickle(Vec<u8>);
+
+    impl Write for Trickle {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let n = b.len().min(3);
+            self.0.extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            self.write(first)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn vectored_write_survives_short_writes() {
+        let mut w = Trickle(Vec::new());
+        write_all_vectored(
+            &mut w,
+            &mut [
+                IoSlice::new(b"head"),
+                IoSlice::new(b""),
+                IoSlice::new(b"body!"),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(w.0, b"headbody!");
+    }
+
+    #[test]
+    fn log_fields_are_escaped() {
+        assert_eq!(printable("/disk"), "/disk");
+        assert_eq!(printable("a\nb"), "a\\nb");
+    }
+}

@@ -1,0 +1,165 @@
+//! Routes (design.md §5, http.md §1): maps a request-target to the resource it names. Pure.
+
+use crate::format::Stream;
+
+/// A resource hexzd serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// A stream of a snapshot: `/disk`, `/memory` (`snapshot: None` = the default snapshot),
+    /// `/snapshots/NAME/disk`, `/snapshots/NAME/memory`.
+    Stream {
+        /// The snapshot's name, or `None` for the default one.
+        snapshot: Option<String>,
+        /// Which stream.
+        stream: Stream,
+    },
+    /// `/snapshots`: the JSON list.
+    List,
+    /// `/healthz`.
+    Health,
+    /// `/metrics`.
+    Metrics,
+    /// Anything else: 404.
+    NotFound,
+}
+
+impl Route {
+    /// The methods the resource allows (for `Allow` on 405). Every hexzd resource is
+    /// read-only, so it is always GET and HEAD.
+    pub const ALLOW: &'static str = "GET, HEAD";
+}
+
+/// Resolves a request-target. The query and fragment are ignored; an absolute-form target
+/// (`http://host/disk`, which RFC 9112 §3.2.2 requires servers to accept) is reduced to its
+/// path; percent-escapes are decoded. Paths are matched exactly (`/disk/` is not `/disk`).
+pub fn route(target: &str) -> Route {
+    let path = target.split(['?', '#']).next().unwrap_or_default();
+    let path = strip_authority(path);
+    let Some(path) = percent_decode(path) else {
+        return Route::NotFound;
+    };
+    match path.as_str() {
+        "/disk" => Route::Stream {
+            snapshot: None,
+            stream: Stream::Main,
+        },
+        "/memory" => Route::Stream {
+            snapshot: None,
+            stream: Stream::Aux,
+        },
+        "/snapshots" => Route::List,
+        "/healthz" => Route::Health,
+        "/metrics" => Route::Metrics,
+        p => named_stream(p).unwrap_or(Route::NotFound),
+    }
+}
+
+fn named_stream(path: &str) -> Option<Route> {
+    let rest = path.strip_prefix("/snapshots/")?;
+    let (name, stream) = rest.split_once('/')?;
+    let stream = match stream {
+        "disk" => Stream::Main,
+        "memory" => Stream::Aux,
+        _ => return None,
+    };
+    if !crate::daemon::catalog::valid_name(name) {
+        return None;
+    }
+    Some(Route::Stream {
+        snapshot: Some(name.to_string()),
+        stream,
+    })
+}
+
+fn strip_authority(path: &str) -> &str {
+    for scheme in ["http://", "https://"] {
+        if path.len() >= scheme.len() && path[..scheme.len()].eq_ignore_ascii_case(scheme) {
+            let rest = &path[scheme.len()..];
+            return rest.find('/').map_or("/", |i| &rest[i..]);
+        }
+    }
+    path
+}
+
+/// Decodes `%XX` escapes; `None` for a malformed escape or a result that is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_string());
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(snapshot: Option<&str>, stream: Stream) -> Route {
+        Route::Stream {
+            snapshot: snapshot.map(str::to_string),
+            stream,
+        }
+    }
+
+    #[test]
+    fn reference_routes() {
+        assert_eq!(route("/disk"), stream(None, Stream::Main));
+        assert_eq!(route("/memory"), stream(None, Stream::Aux));
+        assert_eq!(route("/disk?x=1"), stream(None, Stream::Main));
+        assert_eq!(
+            route("http://example.com:8080/disk"),
+            stream(None, Stream::Main)
+        );
+    }
+
+    #[test]
+    fn named_routes() {
+        assert_eq!(
+            route("/snapshots/vm-1/disk"),
+            stream(Some("vm-1"), Stream::Main)
+        );
+        assert_eq!(
+            route("/snapshots/vm-1/memory"),
+            stream(Some("vm-1"), Stream::Aux)
+        );
+        assert_eq!(
+            route("/snapshots/vm%2D1/disk"),
+            stream(Some("vm-1"), Stream::Main)
+        );
+        assert_eq!(route("/snapshots"), Route::List);
+        assert_eq!(route("/healthz"), Route::Health);
+        assert_eq!(route("/metrics"), Route::Metrics);
+    }
+
+    #[test]
+    fn everything_else_is_not_found() {
+        for t in [
+            "/disk/",
+            "/",
+            "*",
+            "/DISK",
+            "/snapshots/",
+            "/snapshots/a",
+            "/snapshots/a/b/disk",
+            "/snapshots/../disk",
+            "/snapshots/a%2Fb/disk",
+            "/snapshots/a/disk/",
+            "/%zz",
+            "/snapshots/disk/disk",
+        ] {
+            assert_eq!(route(t), Route::NotFound, "{t}");
+        }
+    }
+}
