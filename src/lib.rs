@@ -10,5 +10,6 @@ pub mod commands;
 pub mod daemon;
 pub mod format;
 pub mod logging;
+pub mod nbd;
 pub mod pack;
 pub mod store;
