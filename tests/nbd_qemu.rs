@@ -2,7 +2,7 @@
 //! and qemu-io pattern reads. qemu negotiates structured replies and base:allocation and uses
 //! block status with REQ_ONE.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 mod nbd_support;
 

@@ -3,7 +3,7 @@
 //! (pipelining, DISC after in-flight requests, WRITE draining, EIO without payload, structured
 //! chunks). After each abuse the server must still serve other connections.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 mod nbd_support;
 
@@ -294,7 +294,7 @@ fn disc_finishes_in_flight_replies_then_closes() {
         .encode(),
     );
     c.s.write_all(&batch).unwrap();
-    let mut seen = vec![false; 32];
+    let mut seen = [false; 32];
     for _ in 0..32 {
         let (error, cookie, _) = c.simple_reply(40_000);
         assert_eq!(error, 0);

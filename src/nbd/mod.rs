@@ -131,13 +131,13 @@ impl NbdService {
         let Some(session) = self.handshake_done(outcome, peer) else {
             return;
         };
-        let mut reader = reader.conn;
+        let reader = reader.conn;
         let idle = self.settings.idle_timeout;
         if reader.set_read_timeout(idle).is_err() || conn.set_write_timeout(idle).is_err() {
             log::warn!("nbd {peer}: cannot set socket timeouts");
             return;
         }
-        let result = transmission::serve(&mut reader, conn, &session, &self.metrics.nbd, peer);
+        let result = transmission::serve(reader, conn, &session, &self.metrics.nbd, peer);
         self.transmission_done(result, peer, &session);
     }
 
@@ -160,7 +160,7 @@ impl NbdService {
                 Ok(())
             };
         };
-        let result = transmission::serve(&mut r, w, &session, &self.metrics.nbd, peer);
+        let result = transmission::serve(r, w, &session, &self.metrics.nbd, peer);
         let failed = matches!(&result, Err(e) if !e.is_disconnect());
         self.transmission_done(result, peer, &session);
         if failed {

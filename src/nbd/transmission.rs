@@ -25,6 +25,8 @@ pub const MAX_HANDLERS: usize = 16;
 /// READ bytes dispatched but not yet replied, per connection. One READ of the maximum size is
 /// always admitted when nothing else is in flight.
 pub const BYTES_IN_FLIGHT: u64 = 64 * 1024 * 1024;
+/// Bytes of request stream buffered by the reader.
+const READ_BUFFER: usize = 64 * 1024;
 /// Requests queued for handlers beyond those being served.
 const JOB_QUEUE: usize = 64;
 /// A handler's read buffer is kept between requests up to this size (the kernel's largest usual
@@ -412,7 +414,7 @@ fn drain<R: Read>(r: &mut R, len: u32) -> Result<(), TransmissionError> {
 /// Serves requests until DISC, EOF, the idle timeout or an error; returns after every reply in
 /// flight has been sent. `reader` must time out (if at all) with `WouldBlock`/`TimedOut`.
 pub fn serve<R: Read, W: Sink>(
-    reader: &mut R,
+    reader: R,
     writer: W,
     session: &Session,
     metrics: &ProtoMetrics,
@@ -430,6 +432,9 @@ pub fn serve<R: Read, W: Sink>(
         in_flight: AtomicUsize::new(0),
         idle_handlers: AtomicUsize::new(0),
     };
+    // Pipelining clients (the kernel, nbdcopy) send requests back to back: read them in
+    // batches, not one syscall per 28-byte header.
+    let reader = &mut io::BufReader::with_capacity(READ_BUFFER, reader);
     let limits = Limits::of(session);
     let (tx, rx) = crossbeam_channel::bounded::<Job>(JOB_QUEUE);
     let base_name = std::thread::current()

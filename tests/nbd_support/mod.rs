@@ -438,3 +438,27 @@ impl RawClient {
         }
     }
 }
+
+/// A server program taking `hexzd serve` arguments: the `hexzd` binary once `serve` is wired up
+/// (then `serve --stdio` with no archive and no client exits 0), else the NBD-only example
+/// server (`examples/nbd_serve.rs`, built by `cargo test`).
+pub fn server_program() -> PathBuf {
+    let hexzd = PathBuf::from(env!("CARGO_BIN_EXE_hexzd"));
+    let wired = Command::new(&hexzd)
+        .args(["serve", "--stdio"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if wired {
+        return hexzd;
+    }
+    let example = hexzd.parent().unwrap().join("examples").join("nbd_serve");
+    assert!(
+        example.exists(),
+        "{} is missing: build it with cargo test or cargo build --examples",
+        example.display()
+    );
+    example
+}

@@ -46,14 +46,15 @@ impl Script {
 
 const FLAGS: u32 = NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES;
 
-/// Runs the handshake and splits the server's bytes into option replies.
-fn run(
-    script: Script,
-) -> (
+/// The handshake's result, its option replies, and the bytes after them.
+type Run = (
     Result<Outcome, HandshakeError>,
     Vec<(OptionReplyHeader, Vec<u8>)>,
     Vec<u8>,
-) {
+);
+
+/// Runs the handshake and splits the server's bytes into option replies.
+fn run(script: Script) -> Run {
     let cat = catalog();
     let mut out = Vec::new();
     let result = negotiate(&mut Cursor::new(script.0), &mut out, &cat);
