@@ -3,11 +3,13 @@
 //!
 //! Files by role: [`proto`] holds the constants and pure codecs; [`handshake`] the option
 //! state machine; [`transmission`] request validation, dispatch and the concurrent request
-//! loop. This file ties them to a [`Conn`] (timeouts, logging) or to stdin/stdout.
+//! loop; [`client`] the client-side handshake nbd-proxy mode needs. This file ties the server
+//! parts to a [`Conn`] (timeouts, logging) or to stdin/stdout.
 //!
 //! The daemon owns listeners, the connection cap and the connection counters; it calls
 //! [`NbdService::serve_connection`] on a thread per accepted connection.
 
+pub mod client;
 pub mod handshake;
 pub mod proto;
 pub mod transmission;
