@@ -3,8 +3,9 @@
 //!
 //! Files by role: [`proto`] holds the constants and pure codecs; [`handshake`] the option
 //! state machine; [`transmission`] request validation, dispatch and the concurrent request
-//! loop; [`client`] the client-side handshake nbd-proxy mode needs. This file ties the server
-//! parts to a [`Conn`] (timeouts, logging) or to stdin/stdout.
+//! loop; [`reply`] writes whole replies; [`client`] the client-side handshake nbd-proxy mode
+//! needs. This file ties the server parts to a [`Conn`] (timeouts, logging) or to
+//! stdin/stdout.
 //!
 //! The daemon owns listeners, the connection cap and the connection counters; it calls
 //! [`NbdService::serve_connection`] on a thread per accepted connection.
@@ -12,6 +13,7 @@
 pub mod client;
 pub mod handshake;
 pub mod proto;
+pub mod reply;
 pub mod transmission;
 
 use std::io::{self, Read};

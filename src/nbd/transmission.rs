@@ -4,16 +4,17 @@
 //! Threads of one connection: the connection thread reads and validates requests; READ and
 //! BLOCK_STATUS go to up to [`MAX_HANDLERS`] handler threads (spawned on demand), which call the
 //! store and reply out of order; everything else is answered by the reader at once. Replies go
-//! through one [`ReplyWriter`] that holds its lock for a whole reply, so replies never interleave.
+//! through one [`ReplyWriter`], which writes each reply whole (see `reply.rs`).
 //! A READ is read completely before its header is sent (nbd.md §8 pitfall 9). Memory is bounded
 //! by [`BYTES_IN_FLIGHT`]: the reader waits before dispatching a READ that would exceed it.
 
-use std::io::{self, IoSlice, Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 
 use super::handshake::{BLOCK_SIZE_MAX, Session};
 use super::proto::*;
+use super::reply::{ReplyWriter, Sink};
 use crate::daemon::ProtoMetrics;
 use crate::daemon::conn::is_disconnect;
 use crate::store::ExtentKind;
@@ -224,84 +225,6 @@ pub enum End {
     WriterFailed,
 }
 
-/// The write half of a connection.
-pub trait Sink: Write + Send {
-    /// Makes the connection's reader stop (shut the socket down) after a failed write, so the
-    /// connection ends instead of reading requests it can no longer answer.
-    fn abort(&self);
-}
-
-impl Sink for crate::daemon::Conn {
-    fn abort(&self) {
-        let _ = self.shutdown(std::net::Shutdown::Both);
-    }
-}
-
-impl Sink for std::fs::File {
-    fn abort(&self) {}
-}
-
-/// Serialises whole replies onto the connection. After the first failed write every later
-/// reply is dropped and the connection is aborted.
-#[derive(Debug)]
-pub struct ReplyWriter<W> {
-    inner: Mutex<W>,
-    broken: AtomicBool,
-}
-
-impl<W: Sink> ReplyWriter<W> {
-    /// Wraps the write half.
-    pub fn new(w: W) -> Self {
-        ReplyWriter {
-            inner: Mutex::new(w),
-            broken: AtomicBool::new(false),
-        }
-    }
-
-    /// True once a write has failed.
-    pub fn is_broken(&self) -> bool {
-        self.broken.load(Ordering::Relaxed)
-    }
-
-    /// Writes `parts` as one reply. Returns false if the connection is (now) broken.
-    pub fn send(&self, parts: &[&[u8]]) -> bool {
-        if self.is_broken() {
-            return false;
-        }
-        let mut w = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
-        match write_all_vectored(&mut *w, &mut slices) {
-            Ok(()) => true,
-            Err(e) => {
-                if !self.broken.swap(true, Ordering::Relaxed) {
-                    if is_disconnect(&e) {
-                        log::debug!("nbd: client went away while a reply was sent: {e}");
-                    } else {
-                        log::warn!("nbd: cannot send a reply, closing the connection: {e}");
-                    }
-                    w.abort();
-                }
-                false
-            }
-        }
-    }
-}
-
-/// `write_all` for a list of slices: one `writev` per round, so a header and its data usually
-/// leave in one segment.
-fn write_all_vectored<W: Write>(w: &mut W, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        match w.write_vectored(bufs) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 /// Bytes of READ payload in flight on a connection, with a cap the reader waits on.
 #[derive(Debug)]
 struct Budget {
@@ -344,8 +267,6 @@ struct Conn<'a, W> {
     budget: Budget,
     /// Jobs dispatched and not yet answered.
     in_flight: AtomicUsize,
-    /// Handlers waiting for a job.
-    idle_handlers: AtomicUsize,
 }
 
 /// Releases a job's budget and in-flight count however the job ends (even by a panic).
@@ -430,7 +351,6 @@ pub fn serve<R: Read, W: Sink>(
             freed: Condvar::new(),
         },
         in_flight: AtomicUsize::new(0),
-        idle_handlers: AtomicUsize::new(0),
     };
     // Pipelining clients (the kernel, nbdcopy) send requests back to back: read them in
     // batches, not one syscall per 28-byte header.
@@ -487,22 +407,22 @@ pub fn serve<R: Read, W: Sink>(
                         _ => 0,
                     };
                     conn.budget.acquire(bytes);
-                    conn.in_flight.fetch_add(1, Ordering::Relaxed);
+                    let outstanding = conn.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
                     let job = Job {
                         cookie: req.cookie,
                         command,
                     };
-                    if conn.idle_handlers.load(Ordering::Relaxed) == 0 && handlers < MAX_HANDLERS {
+                    // One more handler whenever more jobs are outstanding than there are
+                    // handlers. Counting jobs, not idle threads, keeps this right when freshly
+                    // spawned threads have not been scheduled yet (a busy machine).
+                    if outstanding > handlers && handlers < MAX_HANDLERS {
                         let rx = rx.clone();
                         let conn = &conn;
                         let spawned = std::thread::Builder::new()
                             .name(format!("{base_name}-h{handlers}"))
                             .spawn_scoped(scope, move || conn.handler(&rx));
                         match spawned {
-                            Ok(_) => {
-                                handlers += 1;
-                                conn.idle_handlers.fetch_add(1, Ordering::Relaxed);
-                            }
+                            Ok(_) => handlers += 1,
                             Err(e) if handlers == 0 => {
                                 log::warn!("nbd {peer}: cannot start a handler thread: {e}");
                                 conn.run(job, &mut Vec::new());
@@ -527,12 +447,10 @@ impl<W: Sink> Conn<'_, W> {
     fn handler(&self, rx: &crossbeam_channel::Receiver<Job>) {
         let mut buf = Vec::new();
         for job in rx.iter() {
-            self.idle_handlers.fetch_sub(1, Ordering::Relaxed);
             self.run(job, &mut buf);
             if buf.capacity() > RETAINED_BUFFER {
                 buf = Vec::new();
             }
-            self.idle_handlers.fetch_add(1, Ordering::Relaxed);
         }
     }
 
