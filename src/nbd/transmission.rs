@@ -1,9 +1,9 @@
 //! The transmission phase (nbd.md §3, §4): request validation (pure, [`validate`]), dispatch,
 //! and the concurrent request loop of one connection.
 //!
-//! Threads of one connection: the connection thread reads and validates requests; READ and
-//! BLOCK_STATUS go to up to [`MAX_HANDLERS`] handler threads (spawned on demand), which call the
-//! store and reply out of order; everything else is answered by the reader at once. Replies go
+//! Threads of one connection: the connection thread reads and validates requests; READ,
+//! BLOCK_STATUS and CACHE go to up to [`MAX_HANDLERS`] handler threads (spawned on demand), which
+//! call the store and reply out of order; everything else is answered by the reader at once. Replies go
 //! through one [`ReplyWriter`], which writes each reply whole (see `reply.rs`).
 //! A READ is read completely before its header is sent (nbd.md §8 pitfall 9). Memory is bounded
 //! by [`BYTES_IN_FLIGHT`]: the reader waits before dispatching a READ that would exceed it.
@@ -400,8 +400,9 @@ pub fn serve<R: Read, W: Sink>(
             match command {
                 Command::Disc => break Ok(End::Disconnect),
                 Command::Flush => conn.reply_ok(req.cookie),
-                Command::Cache { offset, length } => conn.cache(req.cookie, offset, length),
-                Command::Read { .. } | Command::BlockStatus { .. } => {
+                // CACHE goes to a handler too: submitting up to 32 MiB of decodes can wait for
+                // room in the pool's queue, which must not stall the reader.
+                Command::Read { .. } | Command::BlockStatus { .. } | Command::Cache { .. } => {
                     let bytes = match command {
                         Command::Read { length, .. } => u64::from(length),
                         _ => 0,
@@ -471,7 +472,8 @@ impl<W: Sink> Conn<'_, W> {
                 req_one,
                 context,
             } => self.block_status(job.cookie, offset, length, req_one, context),
-            Command::Disc | Command::Flush | Command::Cache { .. } => {}
+            Command::Cache { offset, length } => self.cache(job.cookie, offset, length),
+            Command::Disc | Command::Flush => {}
         }
     }
 
