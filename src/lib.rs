@@ -11,5 +11,6 @@ pub mod daemon;
 pub mod format;
 pub mod http;
 pub mod logging;
+pub mod nbd;
 pub mod pack;
 pub mod store;

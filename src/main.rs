@@ -9,11 +9,13 @@ use hexzd::commands;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    hexzd::logging::init(log::LevelFilter::Warn);
+    if !matches!(cli.command, Command::Serve(_)) {
+        hexzd::logging::init(log::LevelFilter::Warn);
+    }
     let result = match &cli.command {
-        Command::Serve(_) => {
-            eprintln!("hexzd: serve is not built yet");
-            return ExitCode::FAILURE;
+        Command::Serve(a) => {
+            hexzd::logging::init(log::LevelFilter::Info);
+            commands::serve::run(a)
         }
         Command::Pack(a) => commands::pack::run(a),
         Command::Inspect(a) => commands::inspect::run(a),

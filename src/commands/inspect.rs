@@ -27,6 +27,8 @@ pub struct StreamReport {
     pub sparse_blocks: u64,
     /// Parent references.
     pub parent_blocks: u64,
+    /// Data entries that share stored bytes with an earlier entry (in-archive dedup).
+    pub deduplicated_blocks: u64,
     /// Distinct stored bytes the stream's data entries point at.
     pub stored_bytes: u64,
 }
@@ -110,6 +112,7 @@ fn stream_report(
         data_blocks: 0,
         sparse_blocks: 0,
         parent_blocks: 0,
+        deduplicated_blocks: 0,
         stored_bytes: 0,
     };
     let mut seen = HashSet::new();
@@ -122,6 +125,8 @@ fn stream_report(
                     r.data_blocks += 1;
                     if seen.insert(b.offset) {
                         r.stored_bytes += u64::from(b.length);
+                    } else {
+                        r.deduplicated_blocks += 1;
                     }
                 }
                 BlockKind::Sparse => r.sparse_blocks += 1,
@@ -298,7 +303,12 @@ pub fn render_text(r: &Report) -> String {
         Some(m) => {
             let mut text = m.to_string();
             if text.len() > 2000 {
-                text.truncate(text.floor_char_boundary(2000));
+                // `str::floor_char_boundary` is newer than the crate's MSRV (1.85).
+                let mut end = 2000;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.truncate(end);
                 text.push_str("...");
             }
             line(&mut s, "metadata", text);

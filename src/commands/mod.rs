@@ -5,6 +5,7 @@
 pub mod cat;
 pub mod inspect;
 pub mod pack;
+pub mod serve;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,9 @@ pub enum CommandError {
     /// Packing failed.
     #[error(transparent)]
     Pack(#[from] PackError),
+    /// `serve` could not start.
+    #[error(transparent)]
+    Serve(#[from] serve::ServeError),
     /// A password file could not be used.
     #[error("password file {path}: {reason}", path = path.display())]
     PasswordFile { path: PathBuf, reason: String },

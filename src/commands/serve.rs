@@ -13,7 +13,9 @@ use super::{CommandError, read_password_file};
 use crate::cli::ServeArgs;
 use crate::daemon::config::{Config, ConfigError};
 use crate::daemon::listener::{self, AcceptLoop, Handler, Listener, Proto};
-use crate::daemon::{Catalog, CatalogHandle, Metrics, NamedSnapshot, Shutdown, catalog::valid_name};
+use crate::daemon::{
+    Catalog, CatalogHandle, Metrics, NamedSnapshot, Shutdown, catalog::valid_name,
+};
 use crate::http::{HttpService, HttpSettings};
 use crate::nbd::{NbdService, NbdSettings};
 use crate::store::{Engine, EngineConfig, OpenOptions, Snapshot};
@@ -110,8 +112,7 @@ impl Sources {
                 snapshot: open(&a.path, &self.cli_password)?,
             });
         }
-        Catalog::new(entries, default.as_deref())
-            .map_err(|e| CommandError::Invalid(e.to_string()))
+        Catalog::new(entries, default.as_deref()).map_err(|e| CommandError::Invalid(e.to_string()))
     }
 }
 
@@ -230,7 +231,10 @@ pub fn run(args: &ServeArgs) -> Result<(), CommandError> {
         }
     }
     for p in &config.nbd.unix {
-        listeners.push((Proto::Nbd, Listener::bind_unix(p).map_err(ServeError::from)?));
+        listeners.push((
+            Proto::Nbd,
+            Listener::bind_unix(p).map_err(ServeError::from)?,
+        ));
     }
 
     let http = Arc::new(HttpService::new(
@@ -244,7 +248,11 @@ pub fn run(args: &ServeArgs) -> Result<(), CommandError> {
         Arc::clone(&catalog),
         Arc::clone(&metrics),
     ));
-    let nbd = Arc::new(NbdService::new(nbd_settings, Arc::clone(&catalog), Arc::clone(&metrics)));
+    let nbd = Arc::new(NbdService::new(
+        nbd_settings,
+        Arc::clone(&catalog),
+        Arc::clone(&metrics),
+    ));
     let http_handler = {
         let (serve, reject) = (Arc::clone(&http), Arc::clone(&http));
         Arc::new(Handler {
@@ -262,7 +270,12 @@ pub fn run(args: &ServeArgs) -> Result<(), CommandError> {
     };
 
     let shutdown = Arc::new(Shutdown::new().map_err(ServeError::Start)?);
-    let signals = start_signal_thread(Arc::clone(&shutdown), sources, Arc::clone(&engine), Arc::clone(&catalog))?;
+    let signals = start_signal_thread(
+        Arc::clone(&shutdown),
+        sources,
+        Arc::clone(&engine),
+        Arc::clone(&catalog),
+    )?;
 
     eprintln!("hexzd: {}", describe(&catalog.load()));
     if listeners.is_empty() {
@@ -315,8 +328,8 @@ fn start_signal_thread(
     engine: Arc<Engine>,
     catalog: Arc<CatalogHandle>,
 ) -> Result<signal_hook::iterator::Handle, CommandError> {
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(ServeError::Start)?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(ServeError::Start)?;
     let handle = signals.handle();
     std::thread::Builder::new()
         .name("signals".into())
@@ -350,7 +363,10 @@ fn reload(sources: &mut Sources, engine: &Arc<Engine>, catalog: &CatalogHandle) 
             return;
         }
     };
-    if new.http != sources.config.http || new.nbd != sources.config.nbd || new.cache != sources.config.cache {
+    if new.http != sources.config.http
+        || new.nbd != sources.config.nbd
+        || new.cache != sources.config.cache
+    {
         log::warn!("reload: [http], [nbd] and [cache] changes take effect at the next restart");
     }
     let old = std::mem::replace(&mut sources.config.snapshots, new.snapshots);

@@ -225,7 +225,7 @@ mod tests {
 
     fn sample() -> Vec<u8> {
         (0..70_000u32)
-            .map(|i| (i % 251) as u8 ^ (i / 1000) as u8)
+            .map(|i| (i % 251).to_le_bytes()[0] ^ (i / 1000).to_le_bytes()[0])
             .collect()
     }
 
@@ -240,7 +240,10 @@ mod tests {
         let mut ctx = CodecContext::default();
         let mut stored = Vec::new();
         ctx.compress(Compression::Lz4, &data, &mut stored).unwrap();
-        assert_eq!(&stored[..4], &(data.len() as u32).to_le_bytes());
+        assert_eq!(
+            &stored[..4],
+            &u32::try_from(data.len()).unwrap().to_le_bytes()
+        );
         // Same layout as lz4_flex's size-prepended format.
         assert_eq!(lz4_flex::decompress_size_prepended(&stored).unwrap(), data);
         let mut out = vec![0; data.len()];

@@ -186,7 +186,7 @@ fn decode_page_entries(
 /// the reference does.
 pub fn decode_page(buf: &[u8]) -> Result<Vec<BlockInfo>, FormatError> {
     let mut d = Decoder::new(buf, "index page");
-    let n = d.vec_len(BLOCK_INFO_SIZE, "count")?;
+    let n = d.vec_len(BLOCK_INFO_SIZE, "block entry")?;
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
         v.push(BlockInfo::decode(&mut d)?);

@@ -248,9 +248,15 @@ impl Archive {
     /// password is wrong (the bytes are as written), so say so at open rather than failing
     /// every read later.
     fn check_password(&self, engine: &Engine) -> Result<(), StoreError> {
-        // Blocks with a bad CRC say nothing about the password; give up after this many.
-        const TRIES: usize = 8;
-        let mut tried = 0;
+        // A block whose CRC fails says nothing about the password, and one intact-looking block
+        // that fails could have been altered with its CRC rewritten: the password is wrong
+        // only if no CRC-intact block among the first few authenticates.
+        const CANDIDATES: usize = 4;
+        const LOOK_AT: usize = 32;
+        let Some(cipher) = &self.cipher else {
+            return Ok(());
+        };
+        let (mut looked, mut failed) = (0usize, None);
         for stream in Stream::ALL {
             for p in 0..self.pages(stream).len() {
                 let page = self.page(engine, stream, p)?;
@@ -258,31 +264,37 @@ impl Archive {
                     if b.kind() != BlockKind::Data || b.length > crate::format::MAX_STORED_LEN {
                         continue;
                     }
+                    looked += 1;
                     let mut stored = vec![0u8; b.length as usize];
-                    if self.read_stored(b.offset, &mut stored).is_err()
-                        || crate::format::codec::crc32(&stored) != b.checksum
-                    {
-                        tried += 1;
-                        if tried >= TRIES {
+                    let intact = self.read_stored(b.offset, &mut stored).is_ok()
+                        && crate::format::codec::crc32(&stored) == b.checksum;
+                    if intact {
+                        let index = page.start_block + i as u64;
+                        if cipher.decrypt_in_place(index, &mut stored).is_ok() {
                             return Ok(());
                         }
-                        continue;
+                        let (first, n) = failed.unwrap_or((index, 0));
+                        failed = Some((first, n + 1));
                     }
-                    let index = page.start_block + i as u64;
-                    let Some(cipher) = &self.cipher else {
-                        return Ok(());
-                    };
-                    return match cipher.decrypt_in_place(index, &mut stored) {
-                        Ok(_) => Ok(()),
-                        Err(_) => Err(StoreError::WrongPassword {
-                            path: self.path.clone(),
-                            block: index,
-                        }),
-                    };
+                    if failed.is_some_and(|(_, n)| n >= CANDIDATES) || looked >= LOOK_AT {
+                        return match failed {
+                            Some((block, _)) => Err(StoreError::WrongPassword {
+                                path: self.path.clone(),
+                                block,
+                            }),
+                            None => Ok(()),
+                        };
+                    }
                 }
             }
         }
-        Ok(())
+        match failed {
+            Some((block, _)) => Err(StoreError::WrongPassword {
+                path: self.path.clone(),
+                block,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The file this archive was opened from.
@@ -385,13 +397,17 @@ impl Archive {
             entry.offset,
             "read index page",
         )?;
-        let blocks = decode_page(&bytes).map_err(|source| StoreError::Format {
-            path: self.path.clone(),
-            source,
-        })?;
         let corrupt = |detail: String| {
-            StoreError::corrupt(&self.path, format!("{stream} stream page {idx}: {detail}"))
+            StoreError::corrupt(
+                &self.path,
+                format!(
+                    "{stream} stream page {idx} (file offset {}): {detail}",
+                    entry.offset
+                ),
+            )
         };
+        // Name the page: the decoder only knows offsets inside it.
+        let blocks = decode_page(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let mut starts = Vec::with_capacity(blocks.len());
         let mut pos = entry.start_logical;
         for b in &blocks {

@@ -145,8 +145,9 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone> ShardedCache<K, V, E> {
 
     fn shard(&self, key: &K) -> &Mutex<Shard<K, V, E>> {
         let h = self.hasher.hash_one(key);
-        // The shard count is a power of two no larger than 64.
-        &self.shards[(h as usize) & (self.shards.len() - 1)]
+        // The shard count is a power of two no larger than 64, so the masked hash fits.
+        let mask = (self.shards.len() - 1) as u64;
+        &self.shards[usize::try_from(h & mask).unwrap_or(0)]
     }
 
     /// Returns the cached value, if any, and marks it recently used.

@@ -11,9 +11,12 @@ use super::archive::{Archive, ArchiveKey, Page};
 use super::cache::ShardedCache;
 use super::pool::Pool;
 
-/// Cache key of a decoded block: archive id, file offset of the stored bytes, and (for
-/// encrypted archives, where the nonce depends on it) the global block index.
-pub(crate) type BlockKey = (u64, u64, u64);
+/// Cache key of a decoded block: the archive id and everything that decides what decoding the
+/// entry yields (stored offset, stored length, logical length, CRC and, for encrypted
+/// archives, the global block index that is the nonce). Dedup entries share a key; an entry
+/// that shares only the offset with another (a corrupt one) gets its own decode and its own
+/// checks, never its twin's cached result.
+pub(crate) type BlockKey = (u64, u64, u32, u32, u32, u64);
 /// A decoded block, shared by the cache and every reader copying from it.
 pub(crate) type BlockData = Arc<Vec<u8>>;
 pub(crate) type BlockCache = ShardedCache<BlockKey, BlockData, StoreError>;

@@ -12,7 +12,7 @@ use super::cache::{Lookup, Pending};
 use super::chain::{is_zero_block_hash, resolve};
 use super::engine::{BlockCache, BlockData, BlockKey, Engine, EngineConfig, StoreMetrics};
 use super::{BlockFault, StoreError, Stream};
-use crate::format::{BlockInfo, BlockKind};
+use crate::format::{BlockInfo, BlockKind, MAX_BLOCK_LEN};
 
 /// Options for [`Snapshot::open_with`].
 #[derive(Clone, Default)]
@@ -90,7 +90,14 @@ impl Target {
         } else {
             0
         };
-        (self.archive.id, self.info.offset, nonce)
+        (
+            self.archive.id,
+            self.info.offset,
+            self.info.length,
+            self.info.logical_len,
+            self.info.checksum,
+            nonce,
+        )
     }
 }
 
@@ -257,6 +264,15 @@ impl Snapshot {
                 index,
                 offset,
             })),
+            // Bound the size before resolving: an unresolved reference is compared with the
+            // hash of `logical_len` zero bytes, which a hostile 4 GiB length makes expensive.
+            BlockKind::Parent if info.logical_len > MAX_BLOCK_LEN => Err(self.block_error(
+                &self.archive,
+                stream,
+                index,
+                offset,
+                BlockFault::TooLarge(info.logical_len),
+            )),
             BlockKind::Parent => match resolve(&self.engine, self.archive.parents(), &info.hash)? {
                 Some(r) if r.info.logical_len == info.logical_len => Ok(Some(Target {
                     archive: r.archive,
@@ -309,12 +325,12 @@ impl Snapshot {
         for piece in self.plan(stream, offset, n as u64)? {
             match piece {
                 Piece::Gap(len) => {
-                    let len = len as usize;
+                    let len = within(len);
                     buf[dst..dst + len].fill(0);
                     dst += len;
                 }
                 Piece::Entry { page, i, skip, len } => {
-                    let (skip, len) = (skip as usize, len as usize);
+                    let (skip, len) = (within(skip), within(len));
                     match self.target(stream, &page, i)? {
                         None => buf[dst..dst + len].fill(0),
                         Some(target) => match cache.get(&target.key()) {
@@ -556,6 +572,12 @@ impl Drop for DecodeJob {
             self.finish(Err(e));
         }
     }
+}
+
+/// Converts a length or offset of a planned piece to `usize`. Pieces of a read lie within its
+/// buffer (and offsets inside a block within `logical_len`, a u32), so this never saturates.
+fn within(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
 }
 
 /// Lowercase hex of a byte string.

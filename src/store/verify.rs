@@ -8,7 +8,7 @@ use super::block::decode;
 use super::chain::{is_zero_block_hash, resolve};
 use super::snapshot::hex;
 use super::{BlockFault, Snapshot, StoreError, Stream};
-use crate::format::BlockKind;
+use crate::format::{BlockKind, MAX_BLOCK_LEN};
 
 /// One block that failed verification.
 #[derive(Debug, Clone)]
@@ -44,6 +44,29 @@ impl VerifyReport {
 }
 
 type Outcome = (Stream, u64, u64, Result<(), BlockFault>);
+
+/// A verify job's answer. If the job dies without answering (a panic in a decoder), `Drop`
+/// reports it as a failure of that block, so `verify` neither hangs nor omits the block.
+struct Reply {
+    tx: Option<crossbeam_channel::Sender<Outcome>>,
+    stream: Stream,
+    index: u64,
+    offset: u64,
+}
+
+impl Reply {
+    fn send(&mut self, r: Result<(), BlockFault>) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send((self.stream, self.index, self.offset, r));
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        self.send(Err(BlockFault::Internal));
+    }
+}
 
 impl Snapshot {
     /// Verifies every block. `progress` is called with (entries done, entries total).
@@ -93,6 +116,12 @@ impl Snapshot {
                             &mut report,
                             (stream, index, offset, Err(BlockFault::Invalid(info.offset))),
                         ),
+                        // As in `read_at`: bound the size before hashing zeros for it.
+                        BlockKind::Parent if info.logical_len > MAX_BLOCK_LEN => {
+                            report.parent_refs += 1;
+                            let fault = BlockFault::TooLarge(info.logical_len);
+                            collect(&mut report, (stream, index, offset, Err(fault)));
+                        }
                         BlockKind::Parent => {
                             report.parent_refs += 1;
                             let r = match resolve(engine, archive.parents(), &info.hash) {
@@ -122,6 +151,12 @@ impl Snapshot {
                             in_flight += 1;
                             let archive = Arc::clone(archive);
                             let tx = tx.clone();
+                            let mut reply = Reply {
+                                tx: Some(tx),
+                                stream,
+                                index,
+                                offset,
+                            };
                             engine.pool.submit(Box::new(move |scratch| {
                                 let r = decode(&archive, &info, index, scratch).and_then(|plain| {
                                     let check = info.hash != [0; 32] && archive.cipher.is_none();
@@ -131,7 +166,7 @@ impl Snapshot {
                                         Ok(())
                                     }
                                 });
-                                let _ = tx.send((stream, index, offset, r));
+                                reply.send(r);
                             }));
                         }
                     }

@@ -1,0 +1,436 @@
+//! NBD front-end benchmark (issue 4), `cargo bench --bench nbd`. Not a timed test: it prints
+//! numbers, each beside the in-process `Snapshot::read_at` ceiling measured in the same run.
+//!
+//! - sequential read of a generated, `hexzd::pack`ed export (default 256 MiB; set
+//!   `HEXZD_BENCH_MIB`) over one NBD connection with 16 requests of 256 KiB in flight, cold (fresh
+//!   block cache; the archive file itself is in the page cache) and hot;
+//! - 4 KiB random reads at queue depth 1 and 64 (hot): IOPS, p50, p99;
+//! - `nbdcopy` of the export to `null:` from hexzd, against `qemu-nbd -r` serving the raw image,
+//!   both over Unix sockets, with and without extents.
+//!
+//! The server runs in-process (`NbdService::serve_connection` on a thread per connection); the
+//! client is a small pipelining client over `hexzd::nbd::proto`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hexzd::daemon::{Catalog, CatalogHandle, Conn, Metrics, NamedSnapshot};
+use hexzd::format::Stream;
+use hexzd::nbd::proto::*;
+use hexzd::nbd::{NbdService, NbdSettings};
+use hexzd::store::{Engine, EngineConfig, OpenOptions, Snapshot};
+
+const REQUEST: usize = 256 * 1024;
+const SEQ_DEPTH: usize = 16;
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Moderately compressible data (about 3:1 with LZ4) with every eighth 64 KiB chunk zero.
+fn generate(path: &Path, size: usize) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut chunk = vec![0u8; 65536];
+    for i in 0..size / 65536 {
+        if i % 8 == 7 {
+            chunk.fill(0);
+        } else {
+            for run in chunk.chunks_mut(16) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let b = x.to_le_bytes();
+                for (j, c) in run.iter_mut().enumerate() {
+                    *c = if j < 6 { b[j] } else { b[j % 3] & 0x3f };
+                }
+            }
+        }
+        f.write_all(&chunk).unwrap();
+    }
+    f.flush().unwrap();
+}
+
+/// A fresh engine (empty block cache) and the snapshot opened in it.
+fn open(archive: &Path) -> (Arc<Engine>, Snapshot) {
+    let engine = Engine::new(EngineConfig {
+        cache_bytes: 1 << 30,
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let snap = Snapshot::open_with(archive, &engine, &OpenOptions::default()).unwrap();
+    (engine, snap)
+}
+
+struct Server {
+    port: u16,
+    socket: PathBuf,
+}
+
+fn serve(engine: &Arc<Engine>, snap: &Snapshot, dir: &Path, tag: &str) -> Server {
+    let catalog = Catalog::new(
+        vec![NamedSnapshot {
+            name: "bench".into(),
+            snapshot: snap.clone(),
+        }],
+        None,
+    )
+    .unwrap();
+    let metrics = Arc::new(Metrics::new(Arc::clone(&engine.metrics)));
+    let svc = Arc::new(NbdService::new(
+        NbdSettings::default(),
+        Arc::new(CatalogHandle::new(catalog)),
+        metrics,
+    ));
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let socket = dir.join(format!("hexzd-{tag}.sock"));
+    let unix = UnixListener::bind(&socket).unwrap();
+    let s2 = Arc::clone(&svc);
+    std::thread::spawn(move || {
+        for s in tcp.incoming().flatten() {
+            let svc = Arc::clone(&s2);
+            std::thread::spawn(move || svc.serve_connection(Conn::Tcp(s)));
+        }
+    });
+    std::thread::spawn(move || {
+        for s in unix.incoming().flatten() {
+            let svc = Arc::clone(&svc);
+            std::thread::spawn(move || svc.serve_connection(Conn::Unix(s)));
+        }
+    });
+    Server { port, socket }
+}
+
+/// A pipelining client on one connection (simple replies).
+struct Client {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn connect(port: u16) -> Client {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut g = [0u8; GREETING_LEN];
+        s.read_exact(&mut g).unwrap();
+        s.write_all(&(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES).to_be_bytes())
+            .unwrap();
+        let data = encode_info_request("bench", &[]);
+        let mut o = OptionHeader {
+            option: NBD_OPT_GO,
+            length: u32::try_from(data.len()).unwrap(),
+        }
+        .encode()
+        .to_vec();
+        o.extend_from_slice(&data);
+        s.write_all(&o).unwrap();
+        loop {
+            let mut h = [0u8; OPTION_REPLY_HEADER_LEN];
+            s.read_exact(&mut h).unwrap();
+            let h = OptionReplyHeader::decode(&h).unwrap();
+            let mut p = vec![0u8; h.length as usize];
+            s.read_exact(&mut p).unwrap();
+            if h.reply_type == NBD_REP_ACK {
+                break;
+            }
+            assert_eq!(h.reply_type, NBD_REP_INFO);
+        }
+        Client {
+            s,
+            buf: vec![0u8; 32 << 20],
+        }
+    }
+
+    fn send(&mut self, cookie: u64, offset: u64, len: usize) {
+        let r = Request {
+            flags: 0,
+            command: NBD_CMD_READ,
+            cookie,
+            offset,
+            length: u32::try_from(len).unwrap(),
+        };
+        self.s.write_all(&r.encode()).unwrap();
+    }
+
+    /// Receives one reply and its payload; returns the cookie.
+    fn recv(&mut self, lens: &HashMap<u64, usize>) -> u64 {
+        let mut h = [0u8; SIMPLE_REPLY_LEN];
+        self.s.read_exact(&mut h).unwrap();
+        let ReplyHeader::Simple { error, cookie } = ReplyHeader::decode(&h).unwrap() else {
+            panic!("simple replies only");
+        };
+        assert_eq!(error, 0);
+        let n = lens[&cookie];
+        self.s.read_exact(&mut self.buf[..n]).unwrap();
+        cookie
+    }
+
+    /// Reads `reqs` (offset, len) keeping `depth` in flight; returns per-request latencies.
+    fn run(&mut self, reqs: &[(u64, usize)], depth: usize) -> Vec<Duration> {
+        let mut lens = HashMap::new();
+        let mut start = HashMap::new();
+        let mut lat = Vec::with_capacity(reqs.len());
+        let mut next = 0;
+        while next < reqs.len().min(depth) {
+            lens.insert(next as u64, reqs[next].1);
+            start.insert(next as u64, Instant::now());
+            self.send(next as u64, reqs[next].0, reqs[next].1);
+            next += 1;
+        }
+        for _ in 0..reqs.len() {
+            let c = self.recv(&lens);
+            lat.push(start[&c].elapsed());
+            if next < reqs.len() {
+                lens.insert(next as u64, reqs[next].1);
+                start.insert(next as u64, Instant::now());
+                self.send(next as u64, reqs[next].0, reqs[next].1);
+                next += 1;
+            }
+        }
+        lat
+    }
+}
+
+fn sequential(size: u64) -> Vec<(u64, usize)> {
+    (0..size)
+        .step_by(REQUEST)
+        .map(|o| (o, REQUEST.min(usize::try_from(size - o).unwrap())))
+        .collect()
+}
+
+fn random_4k(size: u64, n: usize, seed: u64) -> Vec<(u64, usize)> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (((x >> 16) % (size / 4096)) * 4096, 4096)
+        })
+        .collect()
+}
+
+/// In-process ceiling: `threads` threads share `reqs`, each calling `read_at` in turn.
+fn ceiling(snap: &Snapshot, reqs: &[(u64, usize)], threads: usize) -> (Duration, Vec<Duration>) {
+    let t0 = Instant::now();
+    let lat: Vec<Duration> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut buf = vec![0u8; REQUEST];
+                    let mut lat = Vec::new();
+                    for &(o, n) in reqs.iter().skip(t).step_by(threads) {
+                        let t = Instant::now();
+                        assert_eq!(snap.read_at(Stream::Main, o, &mut buf[..n]).unwrap(), n);
+                        lat.push(t.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    (t0.elapsed(), lat)
+}
+
+fn mbs(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e6
+}
+
+fn pct(lat: &mut [Duration], p: f64) -> f64 {
+    lat.sort_unstable();
+    let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
+    lat[i].as_secs_f64() * 1e6
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").output().is_ok()
+}
+
+fn nbdcopy(uri: &str, extra: &[&str]) -> Option<Duration> {
+    let t = Instant::now();
+    let out = Command::new("nbdcopy")
+        .args(extra)
+        .arg(uri)
+        .arg("null:")
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!("nbdcopy {uri}: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    Some(t.elapsed())
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` runs this too: keep that quick.
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        return;
+    }
+    let mib: u64 = std::env::var("HEXZD_BENCH_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256);
+    let size = mib << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("bench.img");
+    let archive = dir.path().join("bench.hxz");
+    println!("nbd bench: load average at start {}", loadavg());
+    let t = Instant::now();
+    generate(&raw, usize::try_from(size).unwrap());
+    hexzd::pack::pack(&raw, &archive, &hexzd::pack::PackOptions::default()).unwrap();
+    println!(
+        "export: {mib} MiB packed to {:.1} MiB in {:.1} s; workers: {}",
+        std::fs::metadata(&archive).unwrap().len() as f64 / 1048576.0,
+        t.elapsed().as_secs_f64(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    // Sequential, 16 in flight, cold then hot, ceiling first each time.
+    let seq = sequential(size);
+    for phase in ["cold", "hot"] {
+        let (engine, snap) = open(&archive);
+        if phase == "hot" {
+            ceiling(&snap, &seq, SEQ_DEPTH);
+        }
+        let (d, _) = ceiling(&snap, &seq, SEQ_DEPTH);
+        let ceil = mbs(size, d);
+        let (engine2, snap2) = if phase == "cold" {
+            open(&archive)
+        } else {
+            (engine, snap)
+        };
+        let server = serve(&engine2, &snap2, dir.path(), phase);
+        let mut c = Client::connect(server.port);
+        let t = Instant::now();
+        c.run(&seq, SEQ_DEPTH);
+        let nbd = mbs(size, t.elapsed());
+        println!(
+            "sequential {phase:>4}, {SEQ_DEPTH} x 256 KiB in flight: NBD {nbd:8.1} MB/s   read_at ceiling {ceil:8.1} MB/s   ratio {:.2}",
+            nbd / ceil
+        );
+    }
+
+    // Transport ceiling: the same reply stream (16-byte header + 256 KiB from memory) pushed
+    // through loopback TCP with no NBD server behind it. No socket server can beat this.
+    {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let total = size;
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let data = vec![7u8; REQUEST];
+            let mut sent = 0u64;
+            while sent < total {
+                let h = simple_reply(0, 0);
+                let bufs = [std::io::IoSlice::new(&h), std::io::IoSlice::new(&data)];
+                let mut n = s.write_vectored(&bufs).unwrap();
+                if n < h.len() + data.len() {
+                    n = n.saturating_sub(h.len());
+                    s.write_all(&data[n..]).unwrap();
+                }
+                sent += REQUEST as u64;
+            }
+        });
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut buf = vec![0u8; REQUEST];
+        let t = Instant::now();
+        let mut got = 0u64;
+        while got < size {
+            let mut h = [0u8; SIMPLE_REPLY_LEN];
+            s.read_exact(&mut h).unwrap();
+            s.read_exact(&mut buf).unwrap();
+            got += REQUEST as u64;
+        }
+        println!(
+            "loopback TCP transport ceiling (256 KiB replies, no server work): {:8.1} MB/s",
+            mbs(size, t.elapsed())
+        );
+    }
+
+    // Random 4 KiB, hot.
+    let (engine, snap) = open(&archive);
+    ceiling(&snap, &seq, SEQ_DEPTH);
+    let server = serve(&engine, &snap, dir.path(), "random");
+    for depth in [1usize, 64] {
+        let n = if depth == 1 { 20_000 } else { 100_000 };
+        let reqs = random_4k(size, n, depth as u64);
+        let (d, mut clat) = ceiling(&snap, &reqs, depth);
+        let ciops = n as f64 / d.as_secs_f64();
+        let mut c = Client::connect(server.port);
+        let t = Instant::now();
+        let mut lat = c.run(&reqs, depth);
+        let iops = n as f64 / t.elapsed().as_secs_f64();
+        println!(
+            "random 4 KiB QD{depth:<2}: NBD {iops:9.0} IOPS p50 {:7.1} us p99 {:7.1} us   read_at ({depth} thread(s)) {ciops:9.0} IOPS p50 {:6.1} us p99 {:6.1} us   ratio {:.2}",
+            pct(&mut lat, 0.5),
+            pct(&mut lat, 0.99),
+            pct(&mut clat, 0.5),
+            pct(&mut clat, 0.99),
+            iops / ciops
+        );
+    }
+
+    // nbdcopy: hexzd vs qemu-nbd -r on the raw image, both on Unix sockets.
+    if have("nbdcopy") && have("qemu-nbd") {
+        let qsock = dir.path().join("qemu.sock");
+        let pid = dir.path().join("qemu.pid");
+        // --fork returns once the socket is listening: readiness, no sleep.
+        let st = Command::new("qemu-nbd")
+            .args(["-r", "-f", "raw", "-x", "bench", "--fork", "--persistent"])
+            .arg("-k")
+            .arg(&qsock)
+            .arg("--pid-file")
+            .arg(&pid)
+            .arg(&raw)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let quri = format!("nbd+unix:///bench?socket={}", qsock.display());
+        let (engine, snap) = open(&archive);
+        let server = serve(&engine, &snap, dir.path(), "nbdcopy");
+        let huri = format!("nbd+unix:///bench?socket={}", server.socket.display());
+        for extra in [&[][..], &["--no-extents"][..]] {
+            let hcold = nbdcopy(&huri, extra);
+            let hhot = nbdcopy(&huri, extra);
+            nbdcopy(&quri, extra);
+            let q = nbdcopy(&quri, extra);
+            if let (Some(hc), Some(hh), Some(q)) = (hcold, hhot, q) {
+                println!(
+                    "nbdcopy {:<12} to null: hexzd cold {:7.1} MB/s hot {:7.1} MB/s   qemu-nbd -r raw {:7.1} MB/s   ratio (hot) {:.2}",
+                    if extra.is_empty() {
+                        "(extents)"
+                    } else {
+                        "--no-extents"
+                    },
+                    mbs(size, hc),
+                    mbs(size, hh),
+                    mbs(size, q),
+                    q.as_secs_f64() / hh.as_secs_f64()
+                );
+            }
+        }
+        if let Ok(p) = std::fs::read_to_string(&pid) {
+            let _ = Command::new("kill").arg(p.trim()).status();
+        }
+    } else {
+        println!("nbdcopy comparison skipped: nbdcopy or qemu-nbd not installed");
+    }
+    println!("nbd bench: load average at end {}", loadavg());
+}

@@ -1,0 +1,260 @@
+//! The NBD front end (nbd.md): serves every snapshot stream of the catalog read-only over the
+//! fixed newstyle NBD protocol, to nbd-client and the kernel, qemu and libnbd.
+//!
+//! Files by role: [`proto`] holds the constants and pure codecs; [`handshake`] the option
+//! state machine; [`transmission`] request validation, dispatch and the concurrent request
+//! loop; [`reply`] writes whole replies; [`client`] the client-side handshake nbd-proxy mode
+//! needs. This file ties the server parts to a [`Conn`] (timeouts, logging) or to
+//! stdin/stdout.
+//!
+//! The daemon owns listeners, the connection cap and the connection counters; it calls
+//! [`NbdService::serve_connection`] on a thread per accepted connection.
+
+pub mod client;
+pub mod handshake;
+pub mod proto;
+pub mod reply;
+pub mod transmission;
+
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::daemon::{CatalogHandle, Conn, Metrics, ProtoMetrics};
+use handshake::{HandshakeError, Outcome, Session};
+use transmission::{End, TransmissionError};
+
+/// Settings of the NBD front end, validated by the daemon's config loader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NbdSettings {
+    /// Most NBD connections served at once (enforced by the daemon's accept loop).
+    pub max_connections: usize,
+    /// Time a client has from connecting to choosing an export.
+    pub handshake_timeout: Duration,
+    /// Close a connection after this long without a request and with nothing in flight.
+    /// `None` (the default): kernel clients are legitimately idle for hours.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for NbdSettings {
+    fn default() -> Self {
+        NbdSettings {
+            max_connections: 256,
+            handshake_timeout: Duration::from_secs(30),
+            idle_timeout: None,
+        }
+    }
+}
+
+/// The NBD server: settings, the catalog to resolve export names in, and the counters. Shared
+/// by every connection thread through an `Arc`.
+#[derive(Debug)]
+pub struct NbdService {
+    settings: NbdSettings,
+    catalog: Arc<CatalogHandle>,
+    metrics: Arc<Metrics>,
+}
+
+/// Reads from a connection with one deadline for the whole handshake, so a client dripping a
+/// byte at a time cannot hold a connection slot beyond it.
+struct DeadlineReader {
+    conn: Conn,
+    deadline: Instant,
+}
+
+impl Read for DeadlineReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(handshake_timed_out());
+        }
+        self.conn.set_read_timeout(Some(left))?;
+        match self.conn.read(buf) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(handshake_timed_out())
+            }
+            r => r,
+        }
+    }
+}
+
+fn handshake_timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "handshake timed out")
+}
+
+impl NbdService {
+    /// A service over `catalog` (re-read at each connection start, so a reload applies to new
+    /// connections only) counting into `metrics.nbd`.
+    pub fn new(settings: NbdSettings, catalog: Arc<CatalogHandle>, metrics: Arc<Metrics>) -> Self {
+        NbdService {
+            settings,
+            catalog,
+            metrics,
+        }
+    }
+
+    /// The settings in effect.
+    pub fn settings(&self) -> &NbdSettings {
+        &self.settings
+    }
+
+    /// Serves one connection: handshake, then transmission, until DISC, EOF or an error. Every
+    /// failure closes this connection only. Never panics: a bug in a request handler is caught,
+    /// logged and closes the connection.
+    pub fn serve_connection(&self, conn: Conn) {
+        let peer = conn.peer();
+        let served = std::panic::catch_unwind(AssertUnwindSafe(|| self.serve_conn(conn, &peer)));
+        if served.is_err() {
+            log::error!("nbd {peer}: connection handler panicked (a bug); connection closed");
+        }
+    }
+
+    fn serve_conn(&self, mut conn: Conn, peer: &str) {
+        let _ = conn.set_nodelay();
+        let reader = match conn.try_clone() {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("nbd {peer}: cannot clone the socket: {e}");
+                return;
+            }
+        };
+        let mut reader = DeadlineReader {
+            conn: reader,
+            deadline: Instant::now() + self.settings.handshake_timeout,
+        };
+        let _ = conn.set_write_timeout(Some(self.settings.handshake_timeout));
+        let catalog = self.catalog.load();
+        let outcome = handshake::negotiate(&mut reader, &mut conn, &catalog);
+        let Some(session) = self.handshake_done(outcome, peer) else {
+            return;
+        };
+        let reader = reader.conn;
+        let idle = self.settings.idle_timeout;
+        if reader.set_read_timeout(idle).is_err() || conn.set_write_timeout(idle).is_err() {
+            log::warn!("nbd {peer}: cannot set socket timeouts");
+            return;
+        }
+        let result = transmission::serve(reader, conn, &session, &self.metrics.nbd, peer);
+        self.transmission_done(result, peer, &session);
+    }
+
+    /// One NBD session on stdin/stdout (`hexzd serve --stdio`), without timeouts. Protocol
+    /// errors are logged and returned as `InvalidData`; a client going away is a normal end.
+    pub fn serve_stdio(&self) -> io::Result<()> {
+        let mut r = std::fs::File::from(io::stdin().as_fd().try_clone_to_owned()?);
+        let mut w = std::fs::File::from(io::stdout().as_fd().try_clone_to_owned()?);
+        let peer = "stdio";
+        let catalog = self.catalog.load();
+        let outcome = handshake::negotiate(&mut r, &mut w, &catalog);
+        let protocol_error = matches!(&outcome, Err(e) if !e.is_disconnect());
+        let Some(session) = self.handshake_done(outcome, peer) else {
+            return if protocol_error {
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "NBD handshake failed",
+                ))
+            } else {
+                Ok(())
+            };
+        };
+        let result = transmission::serve(r, w, &session, &self.metrics.nbd, peer);
+        let failed = matches!(&result, Err(e) if !e.is_disconnect());
+        self.transmission_done(result, peer, &session);
+        if failed {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "NBD session ended with an error",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Logs how the handshake ended; returns the session if transmission follows.
+    fn handshake_done(
+        &self,
+        outcome: Result<Outcome, HandshakeError>,
+        peer: &str,
+    ) -> Option<Box<Session>> {
+        match outcome {
+            Ok(Outcome::Transmission(s)) => {
+                log::debug!(
+                    "nbd {peer}: export {:?} = {} ({} stream, {} bytes), structured replies {}, base:allocation {}",
+                    s.export_name,
+                    s.snapshot.snapshot.path().display(),
+                    s.stream,
+                    s.size,
+                    if s.structured { "on" } else { "off" },
+                    if s.base_allocation.is_some() {
+                        "on"
+                    } else {
+                        "off"
+                    },
+                );
+                Some(s)
+            }
+            Ok(Outcome::Aborted) => {
+                log::debug!("nbd {peer}: client aborted the handshake");
+                None
+            }
+            Err(e) if e.is_disconnect() => {
+                log::debug!("nbd {peer}: client went away during the handshake: {e}");
+                None
+            }
+            Err(HandshakeError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                log::info!("nbd {peer}: {e}, closing");
+                None
+            }
+            Err(HandshakeError::Io(e)) => {
+                log::info!("nbd {peer}: handshake failed: {e}");
+                None
+            }
+            Err(e) => {
+                log::warn!("nbd {peer}: protocol error in the handshake, closing: {e}");
+                ProtoMetrics::add(&self.metrics.nbd.protocol_errors, 1);
+                None
+            }
+        }
+    }
+
+    fn transmission_done(
+        &self,
+        result: Result<End, TransmissionError>,
+        peer: &str,
+        session: &Session,
+    ) {
+        let export = &session.export_name;
+        match result {
+            Ok(End::Disconnect) => log::debug!("nbd {peer}: export {export:?}: disconnected"),
+            Ok(End::Eof) => log::debug!("nbd {peer}: export {export:?}: client closed"),
+            Ok(End::Idle) => {
+                log::info!("nbd {peer}: export {export:?}: idle timeout, closing");
+            }
+            Ok(End::WriterFailed) => {
+                log::debug!("nbd {peer}: export {export:?}: reply failed, closed");
+            }
+            Err(e) if e.is_disconnect() => {
+                log::debug!("nbd {peer}: export {export:?}: client went away: {e}");
+            }
+            Err(e @ (TransmissionError::Io(_) | TransmissionError::Truncated(_))) => {
+                log::info!("nbd {peer}: export {export:?}: connection failed: {e}");
+            }
+            Err(e @ TransmissionError::Proto(_)) => {
+                log::warn!("nbd {peer}: export {export:?}: protocol error, closing: {e}");
+                ProtoMetrics::add(&self.metrics.nbd.protocol_errors, 1);
+            }
+        }
+    }
+}
+
+/// A type check: the service is shared between connection threads.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<NbdService>();
+};

@@ -1,0 +1,142 @@
+//! The block cache and the decompression pool, observed through `StoreMetrics`: concurrent
+//! readers of a cold block cause one decompression; dedup entries decode once; prefetched
+//! blocks are not decoded again; the cache stays within its budget; without a cache every read
+//! decodes again.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+
+use common::{ArchiveBytes, engine, fixture, raw, read_all};
+use hexzd::format::{BlockKind, Stream};
+use hexzd::store::{OpenOptions, Snapshot};
+
+fn open_on(name: &str, cache: usize, workers: usize) -> Snapshot {
+    Snapshot::open_with(
+        fixture(name),
+        &engine(cache, workers),
+        &OpenOptions::default(),
+    )
+    .expect("open")
+}
+
+fn decompressions(s: &Snapshot) -> u64 {
+    s.metrics().decompressions.load(Ordering::Relaxed)
+}
+
+/// Distinct stored blocks of a stream (dedup entries counted once).
+fn distinct_data_blocks(name: &str, stream: Stream) -> u64 {
+    let mut seen = HashSet::new();
+    ArchiveBytes::fixture(name)
+        .blocks()
+        .iter()
+        .filter(|b| b.stream == stream && b.info.kind() == BlockKind::Data)
+        .filter(|b| seen.insert(b.info.offset))
+        .count() as u64
+}
+
+#[test]
+fn concurrent_readers_of_a_cold_block_decompress_it_once() {
+    let snap = open_on("mixed-zstd.hxz", 64 << 20, 4);
+    let want = raw("mixed.img");
+    let b = ArchiveBytes::fixture("mixed-zstd.hxz").blocks()[6];
+    let (s, l) = (b.logical, b.info.logical_len as usize);
+    std::thread::scope(|scope| {
+        for t in 0..12u64 {
+            let snap = snap.clone();
+            let want = &want;
+            scope.spawn(move || {
+                // Every thread reads a different slice of the same block.
+                let off = s + t * 97;
+                let mut buf = vec![0u8; l / 3];
+                let n = snap.read_at(Stream::Main, off, &mut buf).expect("read");
+                let o = usize::try_from(off).expect("usize");
+                assert!(buf[..n] == want[o..o + n]);
+            });
+        }
+    });
+    assert_eq!(
+        decompressions(&snap),
+        1,
+        "one cold block, one decompression"
+    );
+    assert_eq!(snap.metrics().block_errors.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn dedup_entries_share_one_decompression() {
+    let snap = open_on("vm-dir-lz4.hxz", 64 << 20, 2);
+    let got = read_all(&snap, Stream::Main, 1 << 20).expect("read");
+    assert!(got == raw("vm/disk.img"));
+    let distinct = distinct_data_blocks("vm-dir-lz4.hxz", Stream::Main);
+    let entries = ArchiveBytes::fixture("vm-dir-lz4.hxz")
+        .blocks()
+        .iter()
+        .filter(|b| b.stream == Stream::Main)
+        .count() as u64;
+    assert!(distinct < entries, "the fixture has dedup entries");
+    assert_eq!(decompressions(&snap), distinct);
+    // A second pass is served from the cache.
+    let got = read_all(&snap, Stream::Main, 4096).expect("read");
+    assert!(got == raw("vm/disk.img"));
+    assert_eq!(decompressions(&snap), distinct);
+    assert!(snap.metrics().cache_hits.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn prefetched_blocks_are_not_decoded_again() {
+    let snap = open_on("mixed-lz4.hxz", 64 << 20, 3);
+    snap.prefetch(Stream::Main, 0, u64::MAX).expect("prefetch");
+    let got = read_all(&snap, Stream::Main, 100_000).expect("read");
+    assert!(got == raw("mixed.img"));
+    assert_eq!(
+        decompressions(&snap),
+        distinct_data_blocks("mixed-lz4.hxz", Stream::Main)
+    );
+    // Prefetch past the end, of nothing, and of an empty stream: no-ops.
+    snap.prefetch(Stream::Main, u64::MAX, 10).expect("prefetch");
+    snap.prefetch(Stream::Main, 0, 0).expect("prefetch");
+    snap.prefetch(Stream::Aux, 0, 100).expect("prefetch");
+}
+
+#[test]
+fn without_a_cache_every_read_decodes_again() {
+    let snap = open_on("hello-lz4.hxz", 0, 1);
+    let mut buf = [0u8; 10];
+    for _ in 0..3 {
+        snap.read_at(Stream::Main, 5, &mut buf).expect("read");
+    }
+    assert_eq!(decompressions(&snap), 3);
+    assert_eq!(snap.engine().cache_used(), 0);
+}
+
+#[test]
+fn a_small_cache_stays_within_its_budget() {
+    let budget = 1 << 20;
+    let snap = open_on("mixed-lz4.hxz", budget, 2);
+    for chunk in [1 << 20, 77_777] {
+        let got = read_all(&snap, Stream::Main, chunk).expect("read");
+        assert!(got == raw("mixed.img"));
+        assert!(
+            snap.engine().cache_used() <= budget,
+            "{}",
+            snap.engine().cache_used()
+        );
+    }
+}
+
+#[test]
+fn snapshots_of_one_file_on_one_engine_share_the_archive_and_its_cache() {
+    let e = engine(64 << 20, 2);
+    let a =
+        Snapshot::open_with(fixture("hello-lz4.hxz"), &e, &OpenOptions::default()).expect("open");
+    let b =
+        Snapshot::open_with(fixture("hello-lz4.hxz"), &e, &OpenOptions::default()).expect("open");
+    assert!(std::sync::Arc::ptr_eq(a.archive(), b.archive()));
+    let mut buf = [0u8; 100];
+    a.read_at(Stream::Main, 0, &mut buf).expect("read");
+    b.read_at(Stream::Main, 0, &mut buf).expect("read");
+    assert_eq!(decompressions(&a), 1);
+    assert_eq!(a.identity(), b.identity());
+}
