@@ -18,6 +18,9 @@ use crate::daemon::conn::is_disconnect;
 
 /// Replies up to this size are combined; larger ones are written without a copy.
 const COMBINE_MAX: usize = 64 * 1024;
+/// Most bytes waiting in `pending`. Beyond it a sender waits for the socket itself, so a client
+/// that stops reading holds handlers (and through them the reader) instead of growing memory.
+const PENDING_MAX: usize = 4 * 1024 * 1024;
 
 /// The write half of a connection.
 pub trait Sink: Write + Send {
@@ -83,13 +86,17 @@ impl<W: Sink> ReplyWriter<W> {
             return false;
         }
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        if total <= COMBINE_MAX {
-            {
-                let mut p = lock(&self.pending);
+        let queued = total <= COMBINE_MAX && {
+            let mut p = lock(&self.pending);
+            let room = p.len() + total <= PENDING_MAX;
+            if room {
                 for part in parts {
                     p.extend_from_slice(part);
                 }
             }
+            room
+        };
+        if queued {
             match self.sink.try_lock() {
                 Ok(g) => self.drain(g, None),
                 Err(TryLockError::Poisoned(e)) => self.drain(e.into_inner(), None),
@@ -245,6 +252,65 @@ mod tests {
             pos += 8 + len;
         }
         assert_eq!(seen.len(), 1600);
+    }
+
+    /// A sink whose writes wait until `open` is set.
+    struct Gated {
+        open: Arc<AtomicBool>,
+        inner: Rec,
+    }
+
+    impl Write for Gated {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            while !self.open.load(Ordering::Acquire) {
+                std::thread::yield_now();
+            }
+            self.inner.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Sink for Gated {
+        fn abort(&self) {}
+    }
+
+    #[test]
+    fn pending_replies_are_bounded_while_the_socket_is_stuck() {
+        let open = Arc::new(AtomicBool::new(false));
+        let rec = Rec::default();
+        let w = ReplyWriter::new(Gated {
+            open: Arc::clone(&open),
+            inner: rec.clone(),
+        });
+        let sent = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            // Holds the socket, stuck in its first write.
+            s.spawn(|| {
+                let (h, d) = reply(0, 200_000);
+                assert!(w.send(&[&h, &d]));
+            });
+            while w.sink.try_lock().is_ok() {
+                std::thread::yield_now();
+            }
+            s.spawn(|| {
+                for i in 1..=200 {
+                    let (h, d) = reply(i, 60_000);
+                    assert!(w.send(&[&h, &d]));
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            // The small sender fills `pending` up to the cap, then has to wait for the socket.
+            while lock(&w.pending).len() + 60_008 <= PENDING_MAX {
+                std::thread::yield_now();
+            }
+            assert!(lock(&w.pending).len() <= PENDING_MAX);
+            assert!(sent.load(Ordering::Relaxed) < 200);
+            open.store(true, Ordering::Release);
+        });
+        assert_eq!(sent.load(Ordering::Relaxed), 200);
+        assert_eq!(lock(&rec.out).len(), 200_008 + 200 * 60_008);
     }
 
     #[test]
