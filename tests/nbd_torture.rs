@@ -460,3 +460,46 @@ fn structured_reads_send_holes_for_zero_extents_unless_df() {
     assert_eq!(p[..4], 1u32.to_be_bytes());
     assert!(u32::from_be_bytes(p[4..8].try_into().unwrap()) <= size);
 }
+
+#[test]
+fn a_client_that_never_reads_replies_gets_backpressure_not_unbounded_buffering() {
+    let server = server();
+    let mut c = RawClient::connect(&server, "mixed", false);
+    c.s.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut batch = Vec::new();
+    for cookie in 0..1000u64 {
+        batch.extend_from_slice(
+            &Request {
+                flags: 0,
+                command: NBD_CMD_READ,
+                cookie,
+                offset: 0,
+                length: 1 << 20,
+            }
+            .encode(),
+        );
+    }
+    // Requests for ever more data, no reply read: the server stops reading requests once its
+    // reply buffers, the in-flight budget and the socket buffers are full, so writing stalls
+    // (within a few MiB of requests; 100 MiB of them would ask for 3.5 PiB of replies).
+    let mut stalled = false;
+    for _ in 0..(100 << 20) / batch.len() {
+        if let Err(e) = c.s.write_all(&batch) {
+            assert!(
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "{e}"
+            );
+            stalled = true;
+            break;
+        }
+    }
+    assert!(
+        stalled,
+        "the server kept reading requests it could not answer"
+    );
+    // Others are unaffected.
+    assert_serves(&server);
+}
