@@ -41,8 +41,11 @@ head -c 3000000 /dev/urandom | base64 > "$tree/sub/deep/text.b64"
 (cd "$tree" && find . -type f | sort | xargs sha256sum) > "$DATA/sums"
 mkfs.ext4 -q -F -L hexzd -d "$tree" "$DATA/fs.img" 16M
 rm -rf "$tree"
-"$TARGET/hexzd" pack "$DATA/fs.img" "$DATA/disk.hxz" > /dev/null
-rm "$DATA/fs.img"
+# A memory stream of whole sectors: the kernel keeps sizes in 512-byte sectors.
+head -c 3145728 /dev/urandom > "$DATA/memory"
+echo "3145728 $(sha256sum < "$DATA/memory" | cut -d' ' -f1)" > "$DATA/memory.sum"
+"$TARGET/hexzd" pack "$DATA/fs.img" "$DATA/disk.hxz" --aux "$DATA/memory" > /dev/null
+rm "$DATA/fs.img" "$DATA/memory"
 
 # The real daemon once `hexzd serve` is wired up (then `serve --stdio` with no archive and no
 # client exits 0); until then the NBD-only example server with the same arguments.

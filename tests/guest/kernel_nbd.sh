@@ -1,9 +1,10 @@
 #!/bin/sh
 # Kernel NBD client against hexzd (issue 4): hexzd serves an ext4 snapshot, nbd-client attaches
-# it to a /dev/nbdX device without -N (the empty export name), with -N NAME, and with
-# -N NAME/disk over a Unix socket through the ioctl path (-L, what nbd-proxy uses); each time
-# the filesystem is mounted read-only, every file's checksum is checked, then umount and
-# nbd-client -d.
+# it to a /dev/nbdX device without -N (the empty export name), with -N NAME, with two
+# connections (-C 2, CAN_MULTI_CONN), and with -N NAME/disk over a Unix socket through the
+# ioctl path (-L, what nbd-proxy uses); each time the filesystem is mounted read-only, every
+# file's checksum is checked, then umount and nbd-client -d. Then the snapshot's memory
+# stream is attached and read raw.
 #
 # POSIX sh: runs under busybox ash inside nbdvm (tests/kernel_nbd.sh) and, as root, on any
 # machine with the nbd module, nbd-client, mount and sha256sum:
@@ -12,7 +13,8 @@
 #
 # DIR holds `server` (the hexzd binary, or any program taking `serve --http off --nbd ADDR
 # --nbd-unix PATH ARCHIVE=NAME` and printing hexzd's readiness lines), `disk.hxz` (the packed
-# ext4 image) and `sums` (sha256sum output for the files, relative to the filesystem root).
+# ext4 image, with a memory stream), `sums` (sha256sum output for the files, relative to the
+# filesystem root) and `memory.sum` (the memory stream's size and sha256, one line).
 # Environment: NBD_DEV (default /dev/nbd0).
 
 DIR=${1:-/host}
@@ -30,6 +32,7 @@ mkdir -p "$MNT"
 # Serve from RAM rather than the 9p share.
 cp "$DIR/disk.hxz" "$WORK/disk.hxz"
 cp "$DIR/sums" "$WORK/sums"
+cp "$DIR/memory.sum" "$WORK/memory.sum"
 
 [ -e "$DEV" ] || modprobe nbd 2>/dev/null
 [ -e "$DEV" ] || { echo "FAIL: $DEV does not exist (is the nbd module loaded?)"; exit 1; }
@@ -106,7 +109,20 @@ check_mount() {
 
 check_mount "no -N (export \"\")" 127.0.0.1 "$PORT" "$DEV"
 check_mount "-N $NAME" 127.0.0.1 "$PORT" "$DEV" -N "$NAME"
+check_mount "-N $NAME, 2 connections (-C 2)" 127.0.0.1 "$PORT" "$DEV" -N "$NAME" -C 2
 check_mount "unix, -N $NAME/disk, ioctl (-L)" -u "$WORK/nbd.sock" "$DEV" -N "$NAME/disk" -L
+
+# The memory stream, read raw through the kernel.
+if nbd-client 127.0.0.1 "$PORT" "$DEV" -N "$NAME/memory" > /dev/null 2>&1 && wait_size nonzero; then
+    read -r size want < "$WORK/memory.sum"
+    got=$(head -c "$size" "$DEV" | sha256sum | cut -d' ' -f1)
+    [ "$got" = "$want" ] && pass "-N $NAME/memory: $size bytes read raw match" ||
+        fail "-N $NAME/memory: sha256 $got, expected $want"
+    nbd-client -d "$DEV" > /dev/null 2>&1 || fail "-N $NAME/memory: nbd-client -d"
+    wait_size zero || fail "-N $NAME/memory: size did not drop to 0"
+else
+    fail "-N $NAME/memory: nbd-client"
+fi
 
 kill "$server_pid" 2>/dev/null
 wait "$server_pid" 2>/dev/null
