@@ -212,7 +212,7 @@ fn nbdsh_read_past_eof_is_einval_and_the_connection_survives() {
     if !have("nbdsh") || !have_python_nbd() {
         return;
     }
-    let server = Server::start(&all_fixture_specs());
+    let server = Server::in_process(&all_fixture_specs());
     for export in ["vm/memory", "hello"] {
         nbdsh(
             &server.uri(export),
@@ -229,7 +229,7 @@ h.shutdown()
 "#,
         );
     }
-    assert!(server.metrics.nbd.requests_total.load(Ordering::Relaxed) >= 16);
+    assert!(server.metrics().requests_total.load(Ordering::Relaxed) >= 16);
 }
 
 #[test]
@@ -237,8 +237,8 @@ fn nbdsh_write_trim_and_zero_are_eperm_and_the_connection_survives() {
     if !have("nbdsh") || !have_python_nbd() {
         return;
     }
-    let server = Server::start(&all_fixture_specs());
-    let before = server.metrics.nbd.requests_total.load(Ordering::Relaxed);
+    let server = Server::in_process(&all_fixture_specs());
+    let before = server.metrics().requests_total.load(Ordering::Relaxed);
     nbdsh(
         &server.uri("vm"),
         r#"
@@ -259,7 +259,7 @@ h.shutdown()
     );
     // Every request reached the server (strict mode off).
     assert_eq!(
-        server.metrics.nbd.requests_total.load(Ordering::Relaxed) - before,
+        server.metrics().requests_total.load(Ordering::Relaxed) - before,
         5
     );
 }

@@ -50,10 +50,7 @@ fn bad_option_magic_closes_only_that_connection() {
     s.write_all(b"NOTMAGIC\0\0\0\x07\0\0\0\0").unwrap();
     assert!(RawClient::closed(&mut s));
     assert_serves(&server);
-    assert_eq!(
-        server.metrics.nbd.protocol_errors.load(Ordering::Relaxed),
-        1
-    );
+    assert_eq!(server.metrics().protocol_errors.load(Ordering::Relaxed), 1);
 }
 
 #[test]
@@ -198,10 +195,7 @@ fn eof_at_a_request_boundary_is_a_clean_end() {
     let c = RawClient::connect(&server, "", false);
     drop(c);
     assert_serves(&server);
-    assert_eq!(
-        server.metrics.nbd.protocol_errors.load(Ordering::Relaxed),
-        0
-    );
+    assert_eq!(server.metrics().protocol_errors.load(Ordering::Relaxed), 0);
 }
 
 #[test]
@@ -347,7 +341,7 @@ fn corrupt_archive(dir: &std::path::Path) -> std::path::PathBuf {
 #[test]
 fn a_read_error_is_eio_without_payload_and_is_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&[Spec::new("bad", corrupt_archive(dir.path()))]);
+    let server = Server::in_process(&[Spec::new("bad", corrupt_archive(dir.path()))]);
     let want = raw("mixed.img");
     let mut c = RawClient::connect(&server, "bad", false);
     let mut failed = 0;
@@ -365,10 +359,7 @@ fn a_read_error_is_eio_without_payload_and_is_counted() {
         }
     }
     assert!(failed >= 1);
-    assert_eq!(
-        server.metrics.nbd.read_errors.load(Ordering::Relaxed),
-        failed
-    );
+    assert_eq!(server.metrics().read_errors.load(Ordering::Relaxed), failed);
 }
 
 /// Reads one structured chunk: (flags, type, cookie, payload).

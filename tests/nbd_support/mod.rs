@@ -3,20 +3,23 @@
 //! `hexzd::nbd::proto` for the torture tests, and tool discovery that skips (or fails, with
 //! `HEXZD_REQUIRE_TOOLS=1`, as CI sets it) when a client is not installed.
 //!
-//! The server runs `NbdService::serve_connection` in-process, one thread per connection, exactly
-//! as the daemon's accept loop calls it.
+//! `Server::start` runs the real server program (`hexzd serve`; until that is wired up, the
+//! NBD-only example server with the same arguments and readiness lines). `Server::in_process`
+//! and `with_settings` run `NbdService::serve_connection` in the test process, one thread per
+//! connection as the daemon's accept loop does, for tests that need custom settings or the
+//! counters.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hexzd::daemon::{Catalog, CatalogHandle, Conn, Metrics, NamedSnapshot};
+use hexzd::daemon::{Catalog, CatalogHandle, Conn, Metrics, NamedSnapshot, ProtoMetrics};
 use hexzd::nbd::proto::*;
 use hexzd::nbd::{NbdService, NbdSettings};
 use hexzd::store::{Engine, EngineConfig, OpenOptions, Snapshot};
@@ -119,21 +122,95 @@ pub fn all_fixture_specs() -> Vec<Spec> {
     fixtures().iter().map(Spec::from).collect()
 }
 
-/// An NBD server on 127.0.0.1:PORT and on a Unix socket, serving until the test process ends.
+/// An NBD server on 127.0.0.1:PORT and on a Unix socket: a server process (see
+/// [`server_program`]), or `NbdService` in this process when a test needs custom settings or
+/// the counters.
 pub struct Server {
     pub port: u16,
     pub socket: PathBuf,
-    pub metrics: Arc<Metrics>,
+    metrics: Option<Arc<Metrics>>,
+    child: Option<Child>,
     _dir: tempfile::TempDir,
 }
 
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 impl Server {
-    /// Serves `specs` with default settings.
+    /// Serves `specs` from a server process: `hexzd serve --http off --nbd 127.0.0.1:0
+    /// --nbd-unix PATH ARCHIVE=NAME...`, ready once it has printed both listening lines.
     pub fn start(specs: &[Spec]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("nbd.sock");
+        let mut cmd = Command::new(server_program());
+        cmd.args([
+            "serve",
+            "--http",
+            "off",
+            "--nbd",
+            "127.0.0.1:0",
+            "--nbd-unix",
+        ])
+        .arg(&socket);
+        for s in specs {
+            cmd.arg(format!("{}={}", s.path.display(), s.name));
+        }
+        // One password file serves every archive given on the command line; archives that are
+        // not encrypted ignore it.
+        if let Some(pw) = specs.iter().find_map(|s| s.password.as_ref()) {
+            let f = dir.path().join("password");
+            std::fs::write(&f, pw).unwrap();
+            cmd.arg("--password-file").arg(f);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (mut port, mut unix, mut seen) = (None, false, Vec::new());
+        while port.is_none() || !unix {
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.kill();
+                panic!("{cmd:?} exited before it was ready:\n{}", seen.join("\n"));
+            };
+            if let Some(p) = line.strip_prefix("hexzd: NBD listening on 127.0.0.1:") {
+                port = p.trim().parse().ok();
+            }
+            if line.starts_with("hexzd: NBD listening on unix ") {
+                unix = true;
+            }
+            seen.push(line);
+        }
+        // Keep draining stderr so the server never blocks on a full pipe; show it with the
+        // test's output.
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                eprintln!("server: {line}");
+            }
+        });
+        Server {
+            port: port.unwrap(),
+            socket,
+            metrics: None,
+            child: Some(child),
+            _dir: dir,
+        }
+    }
+
+    /// Serves `specs` in this process with default settings.
+    pub fn in_process(specs: &[Spec]) -> Server {
         Server::with_settings(specs, NbdSettings::default())
     }
 
-    /// Serves `specs` with `settings`.
+    /// Serves `specs` in this process with `settings`.
     pub fn with_settings(specs: &[Spec], settings: NbdSettings) -> Server {
         let engine = Engine::new(EngineConfig {
             cache_bytes: 128 << 20,
@@ -188,9 +265,19 @@ impl Server {
         Server {
             port,
             socket,
-            metrics,
+            metrics: Some(metrics),
+            child: None,
             _dir: dir,
         }
+    }
+
+    /// The NBD counters (in-process servers only).
+    pub fn metrics(&self) -> &ProtoMetrics {
+        &self
+            .metrics
+            .as_ref()
+            .expect("counters are only visible for Server::in_process / with_settings")
+            .nbd
     }
 
     /// `nbd://127.0.0.1:PORT/EXPORT`.
@@ -441,14 +528,15 @@ impl RawClient {
 
 /// A server program taking `hexzd serve` arguments: the `hexzd` binary once `serve` is wired up
 /// (then `serve --stdio` with no archive and no client exits 0), else the NBD-only example
-/// server (`examples/nbd_serve.rs`, built by `cargo test`).
+/// server (`examples/nbd_serve.rs`). Plain `cargo test` builds examples; `cargo test --test X`
+/// alone does not, so run `cargo build --examples` first in that case.
 pub fn server_program() -> PathBuf {
     let hexzd = PathBuf::from(env!("CARGO_BIN_EXE_hexzd"));
     let wired = Command::new(&hexzd)
         .args(["serve", "--stdio"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if wired {
