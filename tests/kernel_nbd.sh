@@ -26,7 +26,7 @@ command -v qemu-system-x86_64 > /dev/null || skip "qemu-system-x86_64 is not ins
 command -v mkfs.ext4 > /dev/null || skip "mkfs.ext4 is not installed (e2fsprogs)"
 
 cd "$ROOT"
-cargo build --quiet --bin hexzd --example nbd_serve
+cargo build --quiet --bin hexzd
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
 
 mkdir -p "$NBDVM_DIR"
@@ -47,15 +47,7 @@ echo "3145728 $(sha256sum < "$DATA/memory" | cut -d' ' -f1)" > "$DATA/memory.sum
 "$TARGET/hexzd" pack "$DATA/fs.img" "$DATA/disk.hxz" --aux "$DATA/memory" > /dev/null
 rm "$DATA/fs.img" "$DATA/memory"
 
-# The real daemon once `hexzd serve` is wired up (then `serve --stdio` with no archive and no
-# client exits 0); until then the NBD-only example server with the same arguments.
-if "$TARGET/hexzd" serve --stdio < /dev/null > /dev/null 2>&1; then
-    cp "$TARGET/hexzd" "$DATA/server"
-    echo "kernel_nbd: server = hexzd serve"
-else
-    cp "$TARGET/examples/nbd_serve" "$DATA/server"
-    echo "kernel_nbd: server = examples/nbd_serve (hexzd serve is not wired up yet)"
-fi
+cp "$TARGET/hexzd" "$DATA/hexzd"
 
 rc=0
 "$NBDVM/run.sh" -t 600 "$@" "$DATA" "$ROOT/tests/guest/kernel_nbd.sh" /host || rc=$?

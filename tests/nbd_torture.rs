@@ -1,7 +1,9 @@
 //! Byte-level tests of the NBD server with a raw client: handshake torture (bad magic, truncated
 //! headers, a 4 GiB option, 10 000 options, clients that stop), transmission edge cases
 //! (pipelining, DISC after in-flight requests, WRITE draining, EIO without payload, structured
-//! chunks). After each abuse the server must still serve other connections.
+//! chunks). After each abuse the server must still serve other connections. Most run against
+//! the `hexzd serve` process; those that read counters or need a short handshake timeout run
+//! `NbdService` in-process.
 
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
@@ -19,14 +21,14 @@ use nbd_support::*;
 
 const FLAGS: u32 = NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES;
 
+/// The daemon serving every fixture: torture goes through its real accept loop.
 fn server() -> Server {
-    Server::with_settings(
-        &all_fixture_specs(),
-        NbdSettings {
-            handshake_timeout: Duration::from_secs(2),
-            ..NbdSettings::default()
-        },
-    )
+    Server::start(&all_fixture_specs())
+}
+
+/// The same in this process, for the counters.
+fn counted() -> Server {
+    Server::in_process(&all_fixture_specs())
 }
 
 fn raw(path: &str) -> Vec<u8> {
@@ -44,7 +46,7 @@ fn assert_serves(server: &Server) {
 
 #[test]
 fn bad_option_magic_closes_only_that_connection() {
-    let server = server();
+    let server = counted();
     let mut s = server.connect();
     RawClient::greet(&mut s, FLAGS);
     s.write_all(b"NOTMAGIC\0\0\0\x07\0\0\0\0").unwrap();
@@ -99,7 +101,13 @@ fn truncated_option_headers_close_only_that_connection() {
 
 #[test]
 fn a_stalled_handshake_is_closed_by_the_handshake_timeout() {
-    let server = server();
+    let server = Server::with_settings(
+        &all_fixture_specs(),
+        NbdSettings {
+            handshake_timeout: Duration::from_secs(2),
+            ..NbdSettings::default()
+        },
+    );
     let mut s = server.connect();
     RawClient::greet(&mut s, FLAGS);
     s.write_all(
@@ -191,7 +199,7 @@ fn a_client_that_stops_mid_request_closes_only_its_connection() {
 
 #[test]
 fn eof_at_a_request_boundary_is_a_clean_end() {
-    let server = server();
+    let server = counted();
     let c = RawClient::connect(&server, "", false);
     drop(c);
     assert_serves(&server);
@@ -378,6 +386,22 @@ fn chunk(c: &mut RawClient) -> (u16, u16, u64, Vec<u8>) {
     let mut p = vec![0u8; length as usize];
     c.s.read_exact(&mut p).unwrap();
     (flags, chunk_type, cookie, p)
+}
+
+#[test]
+fn a_read_error_is_logged_with_archive_block_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = corrupt_archive(dir.path());
+    let server = Server::start(&[Spec::new("bad", &archive)]);
+    let mut c = RawClient::connect(&server, "bad", false);
+    let size = u32::try_from(c.size).unwrap();
+    c.request(NBD_CMD_READ, 0, 1, 0, size, &[]);
+    assert_eq!(c.simple_reply(0).0, NBD_EIO);
+    let line = server.wait_for_log("failed");
+    assert!(line.starts_with("WARN"), "{line}");
+    assert!(line.contains(&archive.display().to_string()), "{line}");
+    assert!(line.contains("block "), "{line}");
+    assert!(line.contains("offset "), "{line}");
 }
 
 #[test]

@@ -11,10 +11,9 @@
 #
 #   tests/guest/kernel_nbd.sh DIR
 #
-# DIR holds `server` (the hexzd binary, or any program taking `serve --http off --nbd ADDR
-# --nbd-unix PATH ARCHIVE=NAME` and printing hexzd's readiness lines), `disk.hxz` (the packed
-# ext4 image, with a memory stream), `sums` (sha256sum output for the files, relative to the
-# filesystem root) and `memory.sum` (the memory stream's size and sha256, one line).
+# DIR holds `hexzd` (the binary), `disk.hxz` (the packed ext4 image, with a memory stream),
+# `sums` (sha256sum output for the files, relative to the filesystem root) and `memory.sum`
+# (the memory stream's size and sha256, one line).
 # Environment: NBD_DEV (default /dev/nbd0).
 
 DIR=${1:-/host}
@@ -41,7 +40,7 @@ if [ -e "$SYS/pid" ]; then
     exit 1
 fi
 
-"$DIR/server" serve --http off --nbd 127.0.0.1:0 --nbd-unix "$WORK/nbd.sock" \
+"$DIR/hexzd" serve --http off --nbd 127.0.0.1:0 --nbd-unix "$WORK/nbd.sock" \
     "$WORK/disk.hxz=$NAME" 2> "$WORK/server.log" &
 server_pid=$!
 

@@ -3,8 +3,8 @@
 //! `hexzd::nbd::proto` for the torture tests, and tool discovery that skips (or fails, with
 //! `HEXZD_REQUIRE_TOOLS=1`, as CI sets it) when a client is not installed.
 //!
-//! `Server::start` runs the real server program (`hexzd serve`; until that is wired up, the
-//! NBD-only example server with the same arguments and readiness lines). `Server::in_process`
+//! `Server::start` runs the real daemon (`hexzd serve`) and waits for its readiness lines.
+//! `Server::in_process`
 //! and `with_settings` run `NbdService::serve_connection` in the test process, one thread per
 //! connection as the daemon's accept loop does, for tests that need custom settings or the
 //! counters.
@@ -16,7 +16,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use hexzd::daemon::{Catalog, CatalogHandle, Conn, Metrics, NamedSnapshot, ProtoMetrics};
@@ -122,14 +122,16 @@ pub fn all_fixture_specs() -> Vec<Spec> {
     fixtures().iter().map(Spec::from).collect()
 }
 
-/// An NBD server on 127.0.0.1:PORT and on a Unix socket: a server process (see
-/// [`server_program`]), or `NbdService` in this process when a test needs custom settings or
+/// An NBD server on 127.0.0.1:PORT and on a Unix socket: a `hexzd serve` process, or
+/// `NbdService` in this process when a test needs custom settings or
 /// the counters.
 pub struct Server {
     pub port: u16,
     pub socket: PathBuf,
     metrics: Option<Arc<Metrics>>,
     child: Option<Child>,
+    /// The daemon's stderr lines after readiness, as they arrive.
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
     _dir: tempfile::TempDir,
 }
 
@@ -189,11 +191,15 @@ impl Server {
             }
             seen.push(line);
         }
-        // Keep draining stderr so the server never blocks on a full pipe; show it with the
-        // test's output.
+        // Keep draining stderr so the server never blocks on a full pipe; keep it for
+        // `wait_for_log` and show it with the test's output.
+        let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let sink = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 eprintln!("server: {line}");
+                sink.0.lock().unwrap().push(line);
+                sink.1.notify_all();
             }
         });
         Server {
@@ -201,6 +207,7 @@ impl Server {
             socket,
             metrics: None,
             child: Some(child),
+            log,
             _dir: dir,
         }
     }
@@ -267,7 +274,27 @@ impl Server {
             socket,
             metrics: Some(metrics),
             child: None,
+            log: Arc::default(),
             _dir: dir,
+        }
+    }
+
+    /// Waits (up to 30 s) for a daemon log line containing `needle` and returns it.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let (lines, cv) = &*self.log;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut g = lines.lock().unwrap();
+        loop {
+            if let Some(l) = g.iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no log line with {needle:?} in:\n{}",
+                g.join("\n")
+            );
+            g = cv.wait_timeout(g, left).unwrap().0;
         }
     }
 
@@ -526,27 +553,7 @@ impl RawClient {
     }
 }
 
-/// A server program taking `hexzd serve` arguments: the `hexzd` binary once `serve` is wired up
-/// (then `serve --stdio` with no archive and no client exits 0), else the NBD-only example
-/// server (`examples/nbd_serve.rs`). Plain `cargo test` builds examples; `cargo test --test X`
-/// alone does not, so run `cargo build --examples` first in that case.
+/// The `hexzd` binary under test.
 pub fn server_program() -> PathBuf {
-    let hexzd = PathBuf::from(env!("CARGO_BIN_EXE_hexzd"));
-    let wired = Command::new(&hexzd)
-        .args(["serve", "--stdio"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if wired {
-        return hexzd;
-    }
-    let example = hexzd.parent().unwrap().join("examples").join("nbd_serve");
-    assert!(
-        example.exists(),
-        "{} is missing: build it with cargo test or cargo build --examples",
-        example.display()
-    );
-    example
+    PathBuf::from(env!("CARGO_BIN_EXE_hexzd"))
 }
