@@ -6,10 +6,17 @@
 # otherwise failed. HEXZD_REQUIRE_VM=1 turns a skip into a failure.
 #
 #   tests/kernel_nbd.sh [run.sh options...]      e.g. -v, -t 900
+#   tests/kernel_nbd.sh --local                   no VM: run the guest script on this machine
+#                                                 (root, nbd module, nbd-client; uses NBD_DEV)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NBDVM="${NBDVM:-$ROOT/tools/nbdvm}"
 NBDVM_DIR="${NBDVM_DIR:-/tmp/nbdvm}"
+LOCAL=0
+if [ "${1:-}" = --local ]; then
+    LOCAL=1
+    shift
+fi
 
 skip() {
     echo "SKIP: kernel NBD test: $*"
@@ -19,18 +26,28 @@ skip() {
     fi
     exit 0
 }
-[ -x "$NBDVM/run.sh" ] || skip "nbdvm not found at $NBDVM"
-[ -f "$NBDVM_DIR/initramfs.cpio.gz" ] ||
-    skip "nbdvm is not set up ($NBDVM_DIR/initramfs.cpio.gz is missing; run $NBDVM/setup.sh as root)"
-command -v qemu-system-x86_64 > /dev/null || skip "qemu-system-x86_64 is not installed (nbdvm setup.sh installs it)"
+if [ "$LOCAL" = 0 ]; then
+    [ -x "$NBDVM/run.sh" ] || skip "nbdvm not found at $NBDVM"
+    [ -f "$NBDVM_DIR/initramfs.cpio.gz" ] ||
+        skip "nbdvm is not set up ($NBDVM_DIR/initramfs.cpio.gz is missing; run $NBDVM/setup.sh as root)"
+    command -v qemu-system-x86_64 > /dev/null || skip "qemu-system-x86_64 is not installed (nbdvm setup.sh installs it)"
+else
+    [ "$(id -u)" = 0 ] || skip "--local needs root"
+    command -v nbd-client > /dev/null || skip "nbd-client is not installed"
+    modprobe nbd 2> /dev/null || [ -e "${NBD_DEV:-/dev/nbd0}" ] || skip "no nbd module on this kernel"
+fi
 command -v mkfs.ext4 > /dev/null || skip "mkfs.ext4 is not installed (e2fsprogs)"
 
 cd "$ROOT"
 cargo build --quiet --bin hexzd
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
 
-mkdir -p "$NBDVM_DIR"
-DATA="$(mktemp -d "$NBDVM_DIR/hexzd-kernel.XXXXXX")"
+if [ "$LOCAL" = 1 ]; then
+    DATA="$(mktemp -d "${TMPDIR:-/tmp}/hexzd-kernel.XXXXXX")"
+else
+    mkdir -p "$NBDVM_DIR"
+    DATA="$(mktemp -d "$NBDVM_DIR/hexzd-kernel.XXXXXX")"
+fi
 trap 'rm -rf "$DATA"' EXIT
 tree="$DATA/tree"
 mkdir -p "$tree/sub/deep"
@@ -50,7 +67,11 @@ rm "$DATA/fs.img" "$DATA/memory"
 cp "$TARGET/hexzd" "$DATA/hexzd"
 
 rc=0
-"$NBDVM/run.sh" -t 600 "$@" "$DATA" "$ROOT/tests/guest/kernel_nbd.sh" /host || rc=$?
+if [ "$LOCAL" = 1 ]; then
+    sh "$ROOT/tests/guest/kernel_nbd.sh" "$DATA" || rc=$?
+else
+    "$NBDVM/run.sh" -t 600 "$@" "$DATA" "$ROOT/tests/guest/kernel_nbd.sh" /host || rc=$?
+fi
 case "$rc" in
     0) echo "kernel_nbd: PASS" ;;
     124) echo "kernel_nbd: FAIL (VM time limit hit)" ;;
