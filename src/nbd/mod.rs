@@ -3,14 +3,15 @@
 //!
 //! Files by role: [`proto`] holds the constants and pure codecs; [`handshake`] the option
 //! state machine; [`transmission`] request validation, dispatch and the concurrent request
-//! loop; [`reply`] writes whole replies; [`client`] the client-side handshake nbd-proxy mode
-//! needs. This file ties the server parts to a [`Conn`] (timeouts, logging) or to
-//! stdin/stdout.
+//! loop; `execute` runs valid requests against the store; [`reply`] writes whole replies;
+//! [`client`] is the client-side handshake nbd-proxy mode needs. This file ties the server
+//! parts to a [`Conn`] (timeouts, logging) or to stdin/stdout.
 //!
 //! The daemon owns listeners, the connection cap and the connection counters; it calls
 //! [`NbdService::serve_connection`] on a thread per accepted connection.
 
 pub mod client;
+mod execute;
 pub mod handshake;
 pub mod proto;
 pub mod reply;
@@ -185,7 +186,8 @@ impl NbdService {
         match outcome {
             Ok(Outcome::Transmission(s)) => {
                 log::debug!(
-                    "nbd {peer}: export {:?} = {} ({} stream, {} bytes), structured replies {}, base:allocation {}",
+                    "nbd {peer}: export {:?} = {} ({} stream, {} bytes), \
+                     structured replies {}, base:allocation {}",
                     s.export_name,
                     s.snapshot.snapshot.path().display(),
                     s.stream,

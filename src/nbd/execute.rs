@@ -1,0 +1,337 @@
+//! Running valid requests against the store and sending their replies: the per-connection
+//! state the reader and the handler threads share ([`Conn`]), READ (simple or structured, with
+//! holes), BLOCK_STATUS, CACHE, and the one mapping from a failure to an NBD error.
+//!
+//! Every request reaching this file has passed `transmission::validate`; store calls here can
+//! only fail for reasons of the archive (I/O, corruption), which become EIO and a warning.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
+
+use super::handshake::Session;
+use super::proto::*;
+use super::reply::{ReplyWriter, Sink};
+use super::transmission::{Command, Refusal};
+use crate::daemon::ProtoMetrics;
+use crate::store::{Extent, ExtentKind, StoreError};
+
+/// READ bytes dispatched but not yet replied, per connection. One READ of the maximum size is
+/// always admitted when nothing else is in flight.
+pub const BYTES_IN_FLIGHT: u64 = 64 * 1024 * 1024;
+/// A handler's read buffer is kept between requests up to this size (the kernel's largest usual
+/// request is 1.25 MiB; nbdcopy's 256 KiB); larger ones are freed after use.
+const RETAINED_BUFFER: usize = 2 * 1024 * 1024;
+/// CACHE prefetches at most this much of a request (a prefetch larger than the block cache
+/// would only evict itself).
+const MAX_PREFETCH: u64 = 32 * 1024 * 1024;
+/// BLOCK_STATUS describes at most this much per request (replies may cover less than asked).
+const MAX_STATUS_BYTES: u64 = 1 << 30;
+/// BLOCK_STATUS sends at most this many extents per reply (nbd.md §4 allows up to 2^20).
+const MAX_STATUS_EXTENTS: usize = 65536;
+
+/// Bytes of READ payload in flight on a connection, with a cap the reader waits on.
+#[derive(Debug)]
+pub(super) struct Budget {
+    used: Mutex<u64>,
+    freed: Condvar,
+}
+
+impl Budget {
+    pub(super) fn acquire(&self, n: u64) {
+        let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        while *used > 0 && *used + n > BYTES_IN_FLIGHT {
+            used = self
+                .freed
+                .wait(used)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        *used += n;
+    }
+
+    fn release(&self, n: u64) {
+        let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        *used = used.saturating_sub(n);
+        self.freed.notify_all();
+    }
+}
+
+/// A request handed to a handler.
+#[derive(Debug)]
+pub(super) struct Job {
+    pub(super) cookie: u64,
+    pub(super) command: Command,
+}
+
+/// State shared by the reader and the handlers of one connection.
+pub(super) struct Conn<'a, W> {
+    session: &'a Session,
+    peer: &'a str,
+    metrics: &'a ProtoMetrics,
+    pub(super) out: ReplyWriter<W>,
+    pub(super) budget: Budget,
+    /// Jobs dispatched and not yet answered.
+    pub(super) in_flight: AtomicUsize,
+}
+
+/// Releases a job's budget and in-flight count however the job ends (even by a panic).
+struct JobGuard<'c, 'a, W> {
+    conn: &'c Conn<'a, W>,
+    bytes: u64,
+}
+
+impl<W> Drop for JobGuard<'_, '_, W> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.conn.budget.release(self.bytes);
+        }
+        self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<'a, W: Sink> Conn<'a, W> {
+    /// State for one connection's transmission phase, replying through `writer`.
+    pub(super) fn new(
+        session: &'a Session,
+        peer: &'a str,
+        metrics: &'a ProtoMetrics,
+        writer: W,
+    ) -> Self {
+        Conn {
+            session,
+            peer,
+            metrics,
+            out: ReplyWriter::new(writer),
+            budget: Budget {
+                used: Mutex::new(0),
+                freed: Condvar::new(),
+            },
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    pub(super) fn handler(&self, rx: &crossbeam_channel::Receiver<Job>) {
+        let mut buf = Vec::new();
+        for job in rx.iter() {
+            self.run(job, &mut buf);
+            if buf.capacity() > RETAINED_BUFFER {
+                buf = Vec::new();
+            }
+        }
+    }
+
+    pub(super) fn run(&self, job: Job, buf: &mut Vec<u8>) {
+        let bytes = match job.command {
+            Command::Read { length, .. } => u64::from(length),
+            _ => 0,
+        };
+        let _guard = JobGuard { conn: self, bytes };
+        if self.out.is_broken() {
+            return;
+        }
+        match job.command {
+            Command::Read { offset, length, df } => self.read(job.cookie, offset, length, df, buf),
+            Command::BlockStatus {
+                offset,
+                length,
+                req_one,
+                context,
+            } => self.block_status(job.cookie, offset, length, req_one, context),
+            Command::Cache { offset, length } => self.cache(job.cookie, offset, length),
+            Command::Disc | Command::Flush => {}
+        }
+    }
+
+    fn count(&self) {
+        ProtoMetrics::add(&self.metrics.requests_total, 1);
+    }
+
+    pub(super) fn reply_ok(&self, cookie: u64) {
+        self.count();
+        self.out.send(&[&simple_reply(0, cookie)]);
+    }
+
+    /// Sends an error reply: a structured error chunk for READ once structured replies are on
+    /// (never a simple reply to READ then, nbd.md §4), a simple reply otherwise.
+    fn reply_error(&self, command: u16, cookie: u64, error: u32, message: &str) {
+        self.count();
+        if self.session.structured && command == NBD_CMD_READ {
+            self.out.send(&[&error_chunk(cookie, error, message)]);
+        } else {
+            self.out.send(&[&simple_reply(error, cookie)]);
+        }
+    }
+
+    pub(super) fn refuse(&self, req: &Request, r: Refusal) {
+        self.reply_error(req.command, req.cookie, r.error, r.reason);
+    }
+
+    fn cache(&self, cookie: u64, offset: u64, length: u32) {
+        let s = self.session;
+        let len = u64::from(length).min(MAX_PREFETCH);
+        match s.snapshot.snapshot.prefetch(s.stream, offset, len) {
+            Ok(()) => self.reply_ok(cookie),
+            Err(e) => {
+                self.read_failed("CACHE", offset, u64::from(length), &e);
+                self.reply_error(NBD_CMD_CACHE, cookie, NBD_EIO, "read error");
+            }
+        }
+    }
+
+    /// Logs a store failure (the error names archive, block and offset) and counts it.
+    fn read_failed(&self, what: &str, offset: u64, length: u64, e: &StoreError) {
+        log::warn!(
+            "nbd {}: {what} {offset}+{length} of export {:?} failed: {e}",
+            self.peer,
+            self.session.export_name
+        );
+        ProtoMetrics::add(&self.metrics.read_errors, 1);
+    }
+
+    fn read(&self, cookie: u64, offset: u64, length: u32, df: bool, buf: &mut Vec<u8>) {
+        let s = self.session;
+        let len = length as usize;
+        if len == 0 {
+            self.count();
+            if s.structured {
+                self.out.send(&[&none_chunk(cookie)]);
+            } else {
+                self.out.send(&[&simple_reply(0, cookie)]);
+            }
+            return;
+        }
+        // Zero extents become holes in a structured reply (unless DF); a READ that is all hole
+        // needs no data at all.
+        let holes = if s.structured && !df {
+            s.snapshot
+                .snapshot
+                .extents(s.stream, offset, u64::from(length))
+                .ok()
+                .filter(|x| x.iter().any(|e| e.kind == ExtentKind::Zero))
+        } else {
+            None
+        };
+        if let Some(x) = &holes {
+            if x.len() == 1 {
+                self.count();
+                self.out.send(&[&offset_hole_chunk(
+                    NBD_REPLY_FLAG_DONE,
+                    cookie,
+                    offset,
+                    length,
+                )]);
+                return;
+            }
+        }
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        let data = &mut buf[..len];
+        match s.snapshot.snapshot.read_at(s.stream, offset, data) {
+            Ok(n) if n == len => {}
+            Ok(n) => {
+                // Validation checked the range against the size of an immutable snapshot.
+                log::error!(
+                    "nbd {}: short read of {n} bytes at {offset}+{len} of export {:?}",
+                    self.peer,
+                    s.export_name
+                );
+                self.reply_error(NBD_CMD_READ, cookie, NBD_EIO, "short read");
+                return;
+            }
+            Err(e) => {
+                self.read_failed("READ", offset, u64::from(length), &e);
+                self.reply_error(
+                    NBD_CMD_READ,
+                    cookie,
+                    NBD_EIO,
+                    "the archive data for this range is unreadable or corrupt",
+                );
+                return;
+            }
+        }
+        self.count();
+        let sent = match &holes {
+            Some(extents) => self.send_chunks(cookie, offset, data, extents),
+            None if s.structured => self.out.send(&[
+                &offset_data_header(NBD_REPLY_FLAG_DONE, cookie, offset, length),
+                data,
+            ]),
+            None => self.out.send(&[&simple_reply(0, cookie), data]),
+        };
+        if sent {
+            ProtoMetrics::add(&self.metrics.bytes_sent, u64::from(length));
+        }
+    }
+
+    /// Sends a READ as OFFSET_DATA and OFFSET_HOLE chunks following `extents`, DONE on the last.
+    fn send_chunks(&self, cookie: u64, offset: u64, data: &[u8], extents: &[Extent]) -> bool {
+        let mut heads: Vec<[u8; 32]> = Vec::with_capacity(extents.len());
+        for (i, e) in extents.iter().enumerate() {
+            let flags = if i + 1 == extents.len() {
+                NBD_REPLY_FLAG_DONE
+            } else {
+                0
+            };
+            // Extents lie inside a READ of at most 32 MiB, so their lengths fit a u32.
+            let len = u32::try_from(e.length).unwrap_or(u32::MAX);
+            heads.push(match e.kind {
+                ExtentKind::Zero => offset_hole_chunk(flags, cookie, e.offset, len),
+                ExtentKind::Data => {
+                    let mut h = [0u8; 32];
+                    h[..28].copy_from_slice(&offset_data_header(flags, cookie, e.offset, len));
+                    h
+                }
+            });
+        }
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * extents.len());
+        for (e, h) in extents.iter().zip(&heads) {
+            match e.kind {
+                ExtentKind::Zero => parts.push(h),
+                ExtentKind::Data => {
+                    let start = usize::try_from(e.offset - offset).unwrap_or(usize::MAX);
+                    let end = start.saturating_add(usize::try_from(e.length).unwrap_or(0));
+                    let Some(slice) = data.get(start..end) else {
+                        return false;
+                    };
+                    parts.push(&h[..28]);
+                    parts.push(slice);
+                }
+            }
+        }
+        self.out.send(&parts)
+    }
+
+    fn block_status(&self, cookie: u64, offset: u64, length: u32, req_one: bool, context: u32) {
+        let s = self.session;
+        let len = u64::from(length).min(MAX_STATUS_BYTES);
+        let extents = match s.snapshot.snapshot.extents(s.stream, offset, len) {
+            Ok(x) => x,
+            Err(e) => {
+                self.read_failed("BLOCK_STATUS", offset, u64::from(length), &e);
+                self.reply_error(NBD_CMD_BLOCK_STATUS, cookie, NBD_EIO, "read error");
+                return;
+            }
+        };
+        let limit = if req_one { 1 } else { MAX_STATUS_EXTENTS };
+        let wire: Vec<WireExtent> = extents
+            .iter()
+            .take(limit)
+            .map(|e| WireExtent {
+                // At most MAX_STATUS_BYTES (1 GiB) long.
+                length: u32::try_from(e.length).unwrap_or(u32::MAX),
+                flags: match e.kind {
+                    ExtentKind::Zero => NBD_STATE_HOLE | NBD_STATE_ZERO,
+                    ExtentKind::Data => 0,
+                },
+            })
+            .collect();
+        if wire.is_empty() {
+            // Cannot happen for a validated, non-empty range; stay safe for the client.
+            self.reply_error(NBD_CMD_BLOCK_STATUS, cookie, NBD_EINVAL, "empty range");
+            return;
+        }
+        self.count();
+        self.out
+            .send(&[&block_status_chunk(cookie, context, &wire)]);
+    }
+}
