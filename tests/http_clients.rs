@@ -56,8 +56,18 @@ fn exact(kind: Kind) -> Box<dyn Target> {
     server(kind, 0)
 }
 
-fn require(tool: &str) {
-    assert!(have(tool), "{tool} is required (apt-get install {tool})");
+/// True if `tool` is installed. Otherwise the test prints SKIP and returns, unless
+/// `HEXZD_REQUIRE_TOOLS=1` (as CI sets it), where a missing client is a failure.
+fn require(tool: &str) -> bool {
+    if have(tool) {
+        return true;
+    }
+    assert!(
+        std::env::var("HEXZD_REQUIRE_TOOLS").as_deref() != Ok("1"),
+        "{tool} is required (apt-get install {tool}) and HEXZD_REQUIRE_TOOLS=1"
+    );
+    eprintln!("SKIP: {tool} is not installed");
+    false
 }
 
 fn sha256(data: &[u8]) -> String {
@@ -69,7 +79,9 @@ fn sha256(data: &[u8]) -> String {
 }
 
 fn curl_r_single_and_multi(kind: Kind) {
-    require("curl");
+    if !require("curl") {
+        return;
+    }
     let srv = clamped(kind);
     let o = run(Command::new("curl")
         .args(["-sS", "--fail", "-r", "100-199"])
@@ -86,7 +98,9 @@ fn curl_r_single_and_multi(kind: Kind) {
 }
 
 fn curl_i_reports_the_200_header_set(kind: Kind) {
-    require("curl");
+    if !require("curl") {
+        return;
+    }
     let srv = clamped(kind);
     let o = run(Command::new("curl")
         .args(["-sS", "--fail", "-I"])
@@ -112,7 +126,9 @@ fn partial(dir: &Path, name: &str) -> PathBuf {
 }
 
 fn curl_resume_is_exact_with_max_range_bytes_0(kind: Kind) {
-    require("curl");
+    if !require("curl") {
+        return;
+    }
     let srv = exact(kind);
     let dir = tempfile::tempdir().unwrap();
     let p = partial(dir.path(), "curl-exact");
@@ -125,7 +141,9 @@ fn curl_resume_is_exact_with_max_range_bytes_0(kind: Kind) {
 }
 
 fn curl_resume_over_32_mib_is_short_with_the_default_clamp(kind: Kind) {
-    require("curl");
+    if !require("curl") {
+        return;
+    }
     let srv = clamped(kind);
     let dir = tempfile::tempdir().unwrap();
     let p = partial(dir.path(), "curl-clamped");
@@ -151,7 +169,9 @@ fn curl_resume_over_32_mib_is_short_with_the_default_clamp(kind: Kind) {
 }
 
 fn wget_continue(kind: Kind) {
-    require("wget");
+    if !require("wget") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     for (server, name, exact) in [
         (exact(kind), "wget-exact", true),
@@ -264,7 +284,9 @@ fn python_pipelining(kind: Kind) {
 }
 
 fn aria2c_segmented_download_with_checksum(kind: Kind) {
-    require("aria2c");
+    if !require("aria2c") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     for (server, path, data, name) in [
         (exact(kind), "/disk", big().1.clone(), "aria-big"),
