@@ -110,6 +110,12 @@ impl Engine {
         self.pool.size()
     }
 
+    /// How many of one read's own decodes may wait in the pool queue at once: two per worker,
+    /// so each worker has the next job queued while the reader collects a finished one.
+    pub fn read_window(&self) -> usize {
+        (2 * self.pool.size()).max(4)
+    }
+
     /// Bytes currently held by the block cache.
     pub fn cache_used(&self) -> usize {
         self.blocks.used()

@@ -362,8 +362,14 @@ impl Snapshot {
         Ok(n)
     }
 
-    /// Submits every missing block to the pool (or joins a load already in flight), then
-    /// copies each block as soon as it arrives.
+    /// Fetches the missing blocks: joins loads already in flight, decodes the others on the
+    /// pool, and copies each block as soon as it arrives.
+    ///
+    /// At most [`Engine::read_window`] of this read's own decodes are queued at once, and
+    /// more are claimed only as those complete: a 32 MiB cold read then keeps every worker
+    /// busy without putting 512 jobs ahead of other clients' reads in the shared FIFO.
+    /// Blocks are claimed only when submitted, so returning early on an error never leaves
+    /// a claimed block that nobody will decode.
     fn fill_misses(
         &self,
         stream: Stream,
@@ -372,37 +378,51 @@ impl Snapshot {
     ) -> Result<(), StoreError> {
         let metrics = &self.engine.metrics;
         let cache = &self.engine.blocks;
+        let window = self.engine.read_window();
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut expected = 0usize;
-        for (tag, m) in misses.iter().enumerate() {
-            match cache.get_or_wait(&m.target.key(), &tx, tag) {
-                Lookup::Hit(block) => {
-                    StoreMetrics::add(&metrics.cache_hits, 1);
-                    self.copy_out(
-                        stream,
-                        &m.target,
-                        &block,
-                        m.skip,
-                        &mut buf[m.dst..m.dst + m.len],
-                    )?;
-                }
-                Lookup::Waiting => {
-                    StoreMetrics::add(&metrics.cache_misses, 1);
-                    expected += 1;
-                }
-                Lookup::Owner(pending) => {
-                    StoreMetrics::add(&metrics.cache_misses, 1);
-                    expected += 1;
-                    self.submit(stream, &m.target, pending);
+        let mut owned = vec![false; misses.len()];
+        let (mut outstanding, mut owned_in_flight) = (0usize, 0usize);
+        let mut next = 0usize;
+        loop {
+            while next < misses.len() && owned_in_flight < window {
+                let (tag, m) = (next, &misses[next]);
+                next += 1;
+                match cache.get_or_wait(&m.target.key(), &tx, tag) {
+                    Lookup::Hit(block) => {
+                        StoreMetrics::add(&metrics.cache_hits, 1);
+                        self.copy_out(
+                            stream,
+                            &m.target,
+                            &block,
+                            m.skip,
+                            &mut buf[m.dst..m.dst + m.len],
+                        )?;
+                    }
+                    Lookup::Waiting => {
+                        StoreMetrics::add(&metrics.cache_misses, 1);
+                        outstanding += 1;
+                    }
+                    Lookup::Owner(pending) => {
+                        StoreMetrics::add(&metrics.cache_misses, 1);
+                        outstanding += 1;
+                        owned_in_flight += 1;
+                        owned[tag] = true;
+                        self.submit(stream, &m.target, pending);
+                    }
                 }
             }
-        }
-        for _ in 0..expected {
+            if outstanding == 0 {
+                return Ok(());
+            }
             // We hold `tx`, and every load completes (a drop guard covers panics), so this
             // cannot block forever or disconnect.
             let Ok((tag, result)) = rx.recv() else {
                 return Err(self.block_error(&self.archive, stream, 0, 0, BlockFault::Internal));
             };
+            outstanding -= 1;
+            if owned[tag] {
+                owned_in_flight -= 1;
+            }
             let m = &misses[tag];
             let block = result?;
             self.copy_out(
@@ -413,7 +433,6 @@ impl Snapshot {
                 &mut buf[m.dst..m.dst + m.len],
             )?;
         }
-        Ok(())
     }
 
     fn copy_out(
