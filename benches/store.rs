@@ -361,6 +361,14 @@ fn cold_section(
             ceil1.median(),
             "MB/s",
         ));
+        // About the core count when the cores are free; near 1 means other processes held
+        // them during the run, and every ratio below is then suspect.
+        sum.add(ratio_row(
+            &format!("  contention check: ceiling {cores} threads / 1 thread"),
+            ceil.max() / ceil1.max(),
+            ceil.median() / ceil1.median(),
+            None,
+        ));
     }
     let runs = [
         (
