@@ -3,10 +3,12 @@
 //! byte. `cargo bench --bench store` prints a table; every timed figure is the best and the
 //! median of several runs because the machine is shared.
 //!
-//! Environment: `HEXZD_BENCH_MB` (data size, default 256), `HEXZD_BENCH_REPS` (runs per figure,
-//! default 5), `HEXZD_BENCH_CHAIN_MB` (chain image, default 32), `HEXZD_BENCH_HOT_MS` (length of
-//! one hot run, default 300), `HEXZD_BENCH_ONLY` (comma list of sections: zstd, cold, hot, enc,
-//! chain; default all), `TMPDIR` (where the data goes).
+//! Environment: `HEXZD_BENCH_MB` or `HEXZD_BENCH_MIB` (data size in MiB, default 256),
+//! `HEXZD_BENCH_REPS` or `HEXZD_BENCH_RUNS` (runs per figure, default 5), `HEXZD_BENCH_CHAIN_MB`
+//! (chain image, default 32), `HEXZD_BENCH_HOT_MS` (length of one hot run, default 300),
+//! `HEXZD_BENCH_ONLY` (comma list of sections: zstd, cold, cold-ceiling, cold-nocache,
+//! cold-cache, hot, enc, chain; default all; the LZ4 pack always runs), `TMPDIR` (where the
+//! data goes).
 
 mod support;
 
@@ -49,8 +51,9 @@ impl Config {
             }
         };
         Ok(Config {
-            mb: num("HEXZD_BENCH_MB", 256)?.max(8),
-            reps: usize::try_from(num("HEXZD_BENCH_REPS", 5)?.max(1))?,
+            // The names of benches/nbd.rs work too, so one setting sizes every bench.
+            mb: num("HEXZD_BENCH_MB", num("HEXZD_BENCH_MIB", 256)?)?.max(8),
+            reps: usize::try_from(num("HEXZD_BENCH_REPS", num("HEXZD_BENCH_RUNS", 5)?)?.max(1))?,
             chain_mb: num("HEXZD_BENCH_CHAIN_MB", 32)?.max(2),
             hot: Duration::from_millis(num("HEXZD_BENCH_HOT_MS", 300)?.max(10)),
             only: std::env::var("HEXZD_BENCH_ONLY")
