@@ -113,7 +113,7 @@ impl Engine {
     /// How many of one read's own decodes may wait in the pool queue at once: two per worker,
     /// so each worker has the next job queued while the reader collects a finished one.
     pub fn read_window(&self) -> usize {
-        (2 * self.pool.size()).max(4)
+        (4 * self.pool.size()).max(8)
     }
 
     /// Bytes currently held by the block cache.

@@ -31,7 +31,12 @@ const QUEUE_PER_WORKER: usize = 256;
 #[derive(Debug)]
 pub struct Pool {
     tx: Option<Sender<Job>>,
+    /// The queue's receiving end, kept so that a thread waiting for its own jobs can run
+    /// queued jobs itself instead of sleeping ([`Pool::try_run_one`]).
+    rx: Receiver<Job>,
     workers: Vec<JoinHandle<()>>,
+    /// Scratch states lent to helping threads, so helping allocates no codec contexts.
+    spare: std::sync::Mutex<Vec<Scratch>>,
 }
 
 impl Pool {
@@ -60,13 +65,51 @@ impl Pool {
         }
         Ok(Pool {
             tx: Some(tx),
+            rx,
             workers,
+            spare: std::sync::Mutex::new(Vec::new()),
         })
     }
 
     /// Number of worker threads.
     pub fn size(&self) -> usize {
         self.workers.len()
+    }
+
+    /// Runs one queued job on the calling thread, if there is one. A reader waiting for its
+    /// blocks calls this instead of sleeping: on a machine with few cores the reading thread
+    /// then decodes alongside the workers rather than competing with them for wake-ups.
+    pub fn try_run_one(&self, scratch: &mut Scratch) -> bool {
+        match self.rx.try_recv() {
+            Ok(job) => {
+                if catch_unwind(AssertUnwindSafe(|| job(scratch))).is_err() {
+                    log::error!("a decompression job panicked on a helping thread");
+                    *scratch = Scratch::default();
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Lends a scratch state to a helping thread; give it back with [`Pool::give_back`].
+    pub fn borrow_scratch(&self) -> Scratch {
+        self.spare
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// Returns a lent scratch state (at most one per worker is kept).
+    pub fn give_back(&self, scratch: Scratch) {
+        let mut spare = self
+            .spare
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if spare.len() < self.workers.len() {
+            spare.push(scratch);
+        }
     }
 
     /// Queues a job, blocking while the queue is full. Runs it on the calling thread if the

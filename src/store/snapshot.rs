@@ -383,6 +383,11 @@ impl Snapshot {
         let mut owned = vec![false; misses.len()];
         let (mut outstanding, mut owned_in_flight) = (0usize, 0usize);
         let mut next = 0usize;
+        let mut helper = HelperScratch {
+            pool: &self.engine.pool,
+            scratch: None,
+        };
+        let helper = &mut helper.scratch;
         loop {
             while next < misses.len() && owned_in_flight < window {
                 let (tag, m) = (next, &misses[next]);
@@ -414,9 +419,23 @@ impl Snapshot {
             if outstanding == 0 {
                 return Ok(());
             }
-            // We hold `tx`, and every load completes (a drop guard covers panics), so this
-            // cannot block forever or disconnect.
-            let Ok((tag, result)) = rx.recv() else {
+            // Rather than sleep until a worker finishes, run queued decodes here (ours or
+            // another reader's). Sleep only when the queue is empty.
+            let notice = loop {
+                if let Ok(n) = rx.try_recv() {
+                    break Some(n);
+                }
+                let pool = &self.engine.pool;
+                let mut scratch = helper.take().unwrap_or_else(|| pool.borrow_scratch());
+                let ran = pool.try_run_one(&mut scratch);
+                *helper = Some(scratch);
+                if !ran {
+                    break None;
+                }
+            };
+            // We hold `tx`, and every load completes (a drop guard covers panics), so the
+            // blocking receive cannot wait forever or disconnect.
+            let Some((tag, result)) = notice.or_else(|| rx.recv().ok()) else {
                 return Err(self.block_error(&self.archive, stream, 0, 0, BlockFault::Internal));
             };
             outstanding -= 1;
@@ -534,6 +553,21 @@ impl Snapshot {
             pos += length;
         }
         Ok(out)
+    }
+}
+
+/// A scratch state borrowed from the pool while a reader helps decode; returned on drop,
+/// however the read ends.
+struct HelperScratch<'a> {
+    pool: &'a super::pool::Pool,
+    scratch: Option<super::pool::Scratch>,
+}
+
+impl Drop for HelperScratch<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.scratch.take() {
+            self.pool.give_back(s);
+        }
     }
 }
 
