@@ -1,0 +1,363 @@
+//! `hexzd serve` as a daemon: start-up errors, the config file, passwords from files only,
+//! SIGHUP reload (good and bad configs) and SIGTERM. Every wait is on a line the daemon
+//! prints, never a sleep.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+const PASSWORD: &str = "correct-horse-battery";
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/hexz-0.8.2")
+        .join(name)
+}
+
+/// A running `hexzd serve` whose stderr lines arrive on a channel.
+struct Daemon {
+    child: Child,
+    lines: Receiver<String>,
+    /// Every line so far, and whether a wait has already returned it.
+    seen: Vec<(String, bool)>,
+}
+
+impl Daemon {
+    fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hexzd"));
+        cmd.arg("serve")
+            .args(args)
+            .env_remove("HEXZ_PASSWORD")
+            .env("HEXZD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (bounded) for a stderr line containing `needle`, among the lines after the last
+    /// match (including ones already received), and returns it.
+    fn wait_for(&mut self, needle: &str) -> String {
+        if let Some(l) = self
+            .seen
+            .iter_mut()
+            .find(|(l, used)| !used && l.contains(needle))
+        {
+            l.1 = true;
+            return l.0.clone();
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.contains(needle);
+                    self.seen.push((line.clone(), hit));
+                    if hit {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!("no {needle:?} line; saw {:?}", self.seen),
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("daemon exited before {needle:?}; saw {:?}", self.seen)
+                }
+            }
+        }
+    }
+
+    /// The HTTP port from the readiness line.
+    fn http_port(&mut self) -> u16 {
+        let line = self.wait_for("HTTP listening on ");
+        line.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    fn signal(&self, sig: i32) {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) with a valid pid and signal number has no memory effects.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A GET on a fresh connection; returns (status, body).
+fn get(port: u16, path: &str) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&all[..split]).into_owned();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, all[split + 4..].to_vec())
+}
+
+/// Runs `hexzd serve` expecting a start-up failure; returns its stderr.
+fn start_failure(args: &[&str], envs: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hexzd"));
+    cmd.arg("serve")
+        .args(["--http", "127.0.0.1:0", "--nbd", "off"])
+        .args(args)
+        .env_remove("HEXZ_PASSWORD")
+        .stdin(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    err
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn snapshot_entry(name: &str, path: &Path, password_file: Option<&Path>) -> String {
+    let mut s = format!(
+        "[[snapshot]]\nname = {name:?}\npath = {:?}\n",
+        path.display().to_string()
+    );
+    if let Some(p) = password_file {
+        s.push_str(&format!("password_file = {:?}\n", p.display().to_string()));
+    }
+    s
+}
+
+#[test]
+fn config_file_serves_thin_and_encrypted_snapshots_with_password_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = write(dir.path(), "pw", &format!("{PASSWORD}\n"));
+    let cfg = format!(
+        "[http]\nlisten = [\"127.0.0.1:0\"]\n[nbd]\nlisten = []\n{}{}",
+        snapshot_entry("enc", &fixture("mixed-enc-lz4.hxz"), Some(&pw)),
+        snapshot_entry("thin", &fixture("mixed-child-thin-lz4.hxz"), None),
+    );
+    let cfg = write(dir.path(), "hexzd.toml", &cfg);
+    let mut d = Daemon::spawn(&["--config", cfg.to_str().unwrap()], &[]);
+    d.wait_for("serving 2 snapshot(s): enc (default), thin");
+    let port = d.http_port();
+    let mixed = std::fs::read(fixture("mixed.img")).unwrap();
+    assert_eq!(get(port, "/disk"), (200, mixed.clone()));
+    assert_eq!(get(port, "/snapshots/enc/disk"), (200, mixed));
+    let child = std::fs::read(fixture("mixed-child.img")).unwrap();
+    assert_eq!(get(port, "/snapshots/thin/disk"), (200, child));
+}
+
+#[test]
+fn serve_ignores_hexz_password_it_needs_a_password_file() {
+    let archive = fixture("mixed-enc-lz4.hxz");
+    let err = start_failure(&[archive.to_str().unwrap()], &[("HEXZ_PASSWORD", PASSWORD)]);
+    assert!(
+        err.contains("needs a password") && err.contains("mixed-enc-lz4.hxz"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_password_file_is_a_start_up_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = write(dir.path(), "pw", "wrong\n");
+    let archive = fixture("mixed-enc-lz4.hxz");
+    let err = start_failure(
+        &[
+            "--password-file",
+            pw.to_str().unwrap(),
+            archive.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(err.contains("wrong password"), "{err}");
+}
+
+#[test]
+fn start_up_errors_are_one_line_naming_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.hxz");
+    let err = start_failure(&[missing.to_str().unwrap()], &[]);
+    assert!(err.contains("missing.hxz"), "{err}");
+
+    let cfg = write(dir.path(), "bad.toml", "[http]\nlisten_on = []\n");
+    let err = start_failure(&["--config", cfg.to_str().unwrap()], &[]);
+    assert!(
+        err.contains("bad.toml") && err.contains("listen_on"),
+        "{err}"
+    );
+
+    let cfg = write(dir.path(), "none.toml", "");
+    let err = start_failure(
+        &["--config", cfg.with_extension("nope").to_str().unwrap()],
+        &[],
+    );
+    assert!(err.contains("none.nope"), "{err}");
+
+    let a = fixture("hello-lz4.hxz");
+    let a = a.to_str().unwrap();
+    let err = start_failure(&[&format!("{a}=x"), &format!("{a}=x")], &[]);
+    assert!(err.contains("duplicate") && err.contains("\"x\""), "{err}");
+
+    let err = start_failure(&["--http", "not-an-address", a], &[]);
+    assert!(err.contains("not-an-address"), "{err}");
+
+    let thin_alone = dir.path().join("thin.hxz");
+    std::fs::copy(fixture("mixed-child-thin-lz4.hxz"), &thin_alone).unwrap();
+    let err = start_failure(&[thin_alone.to_str().unwrap()], &[]);
+    assert!(
+        err.contains("parent archive") && err.contains("mixed-lz4.hxz"),
+        "{err}"
+    );
+}
+
+#[test]
+fn no_archives_serves_nothing_and_says_so() {
+    let mut d = Daemon::spawn(&["--http", "127.0.0.1:0", "--nbd", "off"], &[]);
+    d.wait_for("serving nothing");
+    let port = d.http_port();
+    assert_eq!(get(port, "/healthz").0, 200);
+    assert_eq!(get(port, "/disk").0, 404);
+}
+
+#[test]
+fn sighup_reloads_snapshots_and_a_bad_config_keeps_the_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = "[http]\nlisten = [\"127.0.0.1:0\"]\n[nbd]\nlisten = []\n";
+    let hello = fixture("hello-lz4.hxz");
+    let cfg = write(
+        dir.path(),
+        "hexzd.toml",
+        &format!("{head}{}", snapshot_entry("a", &hello, None)),
+    );
+    let mut d = Daemon::spawn(&["--config", cfg.to_str().unwrap()], &[]);
+    let port = d.http_port();
+    let hello_raw = std::fs::read(fixture("hello.txt")).unwrap();
+    assert_eq!(get(port, "/snapshots/a/disk"), (200, hello_raw.clone()));
+    assert_eq!(get(port, "/snapshots/b/disk").0, 404);
+
+    // A good new config: b appears, a stays.
+    let mixed = fixture("mixed-lz4.hxz");
+    write(
+        dir.path(),
+        "hexzd.toml",
+        &format!(
+            "{head}{}{}",
+            snapshot_entry("a", &hello, None),
+            snapshot_entry("b", &mixed, None)
+        ),
+    );
+    d.signal(libc::SIGHUP);
+    d.wait_for("reloaded");
+    let mixed_raw = std::fs::read(fixture("mixed.img")).unwrap();
+    assert_eq!(get(port, "/snapshots/b/disk"), (200, mixed_raw.clone()));
+
+    // A bad new config (missing archive): logged, the old set keeps serving.
+    write(
+        dir.path(),
+        "hexzd.toml",
+        &format!(
+            "{head}{}",
+            snapshot_entry("c", &dir.path().join("gone.hxz"), None)
+        ),
+    );
+    d.signal(libc::SIGHUP);
+    let line = d.wait_for("reload failed");
+    assert!(line.contains("gone.hxz"), "{line}");
+    assert_eq!(get(port, "/snapshots/b/disk"), (200, mixed_raw));
+    assert_eq!(get(port, "/snapshots/a/disk"), (200, hello_raw));
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly() {
+    let mut d = Daemon::spawn(
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--nbd",
+            "127.0.0.1:0",
+            fixture("hello-lz4.hxz").to_str().unwrap(),
+        ],
+        &[],
+    );
+    d.wait_for("NBD listening on ");
+    let port = d.http_port();
+    assert_eq!(get(port, "/healthz").0, 200);
+    d.signal(libc::SIGTERM);
+    d.wait_for("shutting down");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = d.child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running after SIGTERM");
+        // Waiting for a process exit has no readiness signal to block on here.
+        std::thread::yield_now();
+    }
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+}
+
+#[test]
+fn host_names_and_ipv6_literals_are_accepted() {
+    let mut d = Daemon::spawn(
+        &[
+            "--http",
+            "localhost:0",
+            "--nbd",
+            "off",
+            fixture("hello-lz4.hxz").to_str().unwrap(),
+        ],
+        &[],
+    );
+    d.wait_for("HTTP listening on ");
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        let mut d6 = Daemon::spawn(
+            &[
+                "--http",
+                "[::1]:0",
+                "--nbd",
+                "off",
+                fixture("hello-lz4.hxz").to_str().unwrap(),
+            ],
+            &[],
+        );
+        let line = d6.wait_for("HTTP listening on ");
+        assert!(line.contains("[::1]:"), "{line}");
+    } else {
+        eprintln!("SKIP: no IPv6 loopback on this machine");
+    }
+}
