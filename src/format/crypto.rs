@@ -3,7 +3,7 @@
 //! followed by the block's global index as a big-endian u64. No associated data; the 16-byte tag
 //! follows the ciphertext.
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 
 use super::header::EncryptionParams;
@@ -74,9 +74,9 @@ impl BlockCipher {
             .checked_sub(TAG_LEN)
             .ok_or(CryptoError::TooShort(stored.len()))?;
         let (body, tag) = stored.split_at_mut(n);
-        let tag = *Tag::from_slice(tag);
+        let tag = Tag::try_from(&*tag).map_err(|_| CryptoError::Authentication)?;
         self.cipher
-            .decrypt_in_place_detached(Nonce::from_slice(&nonce(index)), b"", body, &tag)
+            .decrypt_inout_detached(&Nonce::from(nonce(index)), b"", body.into(), &tag)
             .map_err(|_| CryptoError::Authentication)?;
         Ok(n)
     }
@@ -86,7 +86,7 @@ impl BlockCipher {
         // Encryption of an in-memory buffer cannot fail for blocks below 64 GiB.
         let tag = self
             .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce(index)), b"", &mut buf[start..])
+            .encrypt_inout_detached(&Nonce::from(nonce(index)), b"", (&mut buf[start..]).into())
             .unwrap_or_default();
         buf.extend_from_slice(&tag);
     }
