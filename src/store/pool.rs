@@ -27,6 +27,11 @@ pub type Job = Box<dyn FnOnce(&mut Scratch) + Send + 'static>;
 /// blocks (512 jobs) rarely waits on the queue; small enough to bound memory.
 const QUEUE_PER_WORKER: usize = 256;
 
+/// Threads that may help the workers at once: half the workers, at least one.
+fn helper_slots(workers: usize) -> usize {
+    (workers / 2).max(1)
+}
+
 /// A fixed set of worker threads. Dropping the pool lets the workers finish the queue and exit.
 #[derive(Debug)]
 pub struct Pool {
@@ -35,7 +40,8 @@ pub struct Pool {
     /// queued jobs itself instead of sleeping ([`Pool::try_run_one`]).
     rx: Receiver<Job>,
     workers: Vec<JoinHandle<()>>,
-    /// Scratch states lent to helping threads, so helping allocates no codec contexts.
+    /// Scratch states lent to helping threads, so helping allocates no codec contexts. Its
+    /// length bounds how many threads help at once (see [`Pool::start_helping`]).
     spare: std::sync::Mutex<Vec<Scratch>>,
 }
 
@@ -67,7 +73,9 @@ impl Pool {
             tx: Some(tx),
             rx,
             workers,
-            spare: std::sync::Mutex::new(Vec::new()),
+            spare: std::sync::Mutex::new(
+                (0..helper_slots(n)).map(|_| Scratch::default()).collect(),
+            ),
         })
     }
 
@@ -92,24 +100,26 @@ impl Pool {
         }
     }
 
-    /// Lends a scratch state to a helping thread; give it back with [`Pool::give_back`].
-    pub fn borrow_scratch(&self) -> Scratch {
+    /// Takes one of the few helper slots: `Some(scratch)` lets the caller run queued jobs with
+    /// [`Pool::try_run_one`] while it waits; `None` means enough threads already help and the
+    /// caller should sleep. Helping pays when one reader streams alone (its thread decodes
+    /// instead of waking once per block); with many readers every helper would compete with
+    /// the workers for the same cores and readers would convoy behind preempted helpers, so
+    /// only `max(1, workers / 2)` threads help at a time. Give the slot back with
+    /// [`Pool::stop_helping`].
+    pub fn start_helping(&self) -> Option<Scratch> {
         self.spare
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .pop()
-            .unwrap_or_default()
     }
 
-    /// Returns a lent scratch state (at most one per worker is kept).
-    pub fn give_back(&self, scratch: Scratch) {
-        let mut spare = self
-            .spare
+    /// Returns a helper slot taken with [`Pool::start_helping`].
+    pub fn stop_helping(&self, scratch: Scratch) {
+        self.spare
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if spare.len() < self.workers.len() {
-            spare.push(scratch);
-        }
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(scratch);
     }
 
     /// Queues a job, blocking while the queue is full. Runs it on the calling thread if the

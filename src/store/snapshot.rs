@@ -388,6 +388,7 @@ impl Snapshot {
             scratch: None,
         };
         let helper = &mut helper.scratch;
+        let mut tried_helping = false;
         loop {
             while next < misses.len() && owned_in_flight < window {
                 let (tag, m) = (next, &misses[next]);
@@ -420,16 +421,20 @@ impl Snapshot {
                 return Ok(());
             }
             // Rather than sleep until a worker finishes, run queued decodes here (ours or
-            // another reader's). Sleep only when the queue is empty.
+            // another reader's) if a helper slot is free. Sleep when the queue is empty or
+            // enough threads already help.
             let notice = loop {
                 if let Ok(n) = rx.try_recv() {
                     break Some(n);
                 }
-                let pool = &self.engine.pool;
-                let mut scratch = helper.take().unwrap_or_else(|| pool.borrow_scratch());
-                let ran = pool.try_run_one(&mut scratch);
-                *helper = Some(scratch);
-                if !ran {
+                if !tried_helping {
+                    tried_helping = true;
+                    *helper = self.engine.pool.start_helping();
+                }
+                let Some(scratch) = helper.as_mut() else {
+                    break None;
+                };
+                if !self.engine.pool.try_run_one(scratch) {
                     break None;
                 }
             };
@@ -556,7 +561,7 @@ impl Snapshot {
     }
 }
 
-/// A scratch state borrowed from the pool while a reader helps decode; returned on drop,
+/// A helper slot (and its scratch state) held while a reader helps decode; returned on drop,
 /// however the read ends.
 struct HelperScratch<'a> {
     pool: &'a super::pool::Pool,
@@ -566,7 +571,7 @@ struct HelperScratch<'a> {
 impl Drop for HelperScratch<'_> {
     fn drop(&mut self) {
         if let Some(s) = self.scratch.take() {
-            self.pool.give_back(s);
+            self.pool.stop_helping(s);
         }
     }
 }
