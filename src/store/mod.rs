@@ -9,6 +9,7 @@ pub mod cache;
 mod chain;
 mod engine;
 pub mod pool;
+mod read;
 mod snapshot;
 mod verify;
 

@@ -7,10 +7,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::archive::{Archive, OpenContext, Page};
-use super::block::decode;
-use super::cache::{Lookup, Pending};
 use super::chain::{is_zero_block_hash, resolve};
-use super::engine::{BlockCache, BlockData, BlockKey, Engine, EngineConfig, StoreMetrics};
+use super::engine::{BlockKey, Engine, EngineConfig, StoreMetrics};
 use super::{BlockFault, StoreError, Stream};
 use crate::format::{BlockInfo, BlockKind, MAX_BLOCK_LEN};
 
@@ -57,8 +55,8 @@ pub struct Extent {
 /// read at once.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    archive: Arc<Archive>,
-    engine: Arc<Engine>,
+    pub(super) archive: Arc<Archive>,
+    pub(super) engine: Arc<Engine>,
 }
 
 /// A piece of a planned read, in stream order.
@@ -75,16 +73,16 @@ enum Piece {
 }
 
 /// A block to copy from, once resolved to the archive that stores it.
-struct Target {
-    archive: Arc<Archive>,
-    info: BlockInfo,
-    index: u64,
+pub(super) struct Target {
+    pub(super) archive: Arc<Archive>,
+    pub(super) info: BlockInfo,
+    pub(super) index: u64,
     /// Stream offset of the block in the snapshot being read, for error messages.
-    offset: u64,
+    pub(super) offset: u64,
 }
 
 impl Target {
-    fn key(&self) -> BlockKey {
+    pub(super) fn key(&self) -> BlockKey {
         let nonce = if self.archive.cipher.is_some() {
             self.index
         } else {
@@ -102,11 +100,11 @@ impl Target {
 }
 
 /// A copy waiting for its block: destination range and offset inside the block.
-struct Copy {
-    dst: usize,
-    len: usize,
-    skip: usize,
-    target: Target,
+pub(super) struct Copy {
+    pub(super) dst: usize,
+    pub(super) len: usize,
+    pub(super) skip: usize,
+    pub(super) target: Target,
 }
 
 impl Snapshot {
@@ -226,7 +224,7 @@ impl Snapshot {
         Ok(out)
     }
 
-    fn block_error(
+    pub(super) fn block_error(
         &self,
         archive: &Archive,
         stream: Stream,
@@ -362,145 +360,6 @@ impl Snapshot {
         Ok(n)
     }
 
-    /// Fetches the missing blocks: joins loads already in flight, decodes the others on the
-    /// pool, and copies each block as soon as it arrives.
-    ///
-    /// At most [`Engine::read_window`] of this read's own decodes are queued at once, and
-    /// more are claimed only as those complete: a 32 MiB cold read then keeps every worker
-    /// busy without putting 512 jobs ahead of other clients' reads in the shared FIFO.
-    /// Blocks are claimed only when submitted, so returning early on an error never leaves
-    /// a claimed block that nobody will decode.
-    fn fill_misses(
-        &self,
-        stream: Stream,
-        buf: &mut [u8],
-        misses: &[Copy],
-    ) -> Result<(), StoreError> {
-        let metrics = &self.engine.metrics;
-        let cache = &self.engine.blocks;
-        let window = self.engine.read_window();
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let mut owned = vec![false; misses.len()];
-        let (mut outstanding, mut owned_in_flight) = (0usize, 0usize);
-        let mut next = 0usize;
-        let mut helper = HelperScratch {
-            pool: &self.engine.pool,
-            scratch: None,
-        };
-        let helper = &mut helper.scratch;
-        let mut tried_helping = false;
-        loop {
-            while next < misses.len() && owned_in_flight < window {
-                let (tag, m) = (next, &misses[next]);
-                next += 1;
-                match cache.get_or_wait(&m.target.key(), &tx, tag) {
-                    Lookup::Hit(block) => {
-                        StoreMetrics::add(&metrics.cache_hits, 1);
-                        self.copy_out(
-                            stream,
-                            &m.target,
-                            &block,
-                            m.skip,
-                            &mut buf[m.dst..m.dst + m.len],
-                        )?;
-                    }
-                    Lookup::Waiting => {
-                        StoreMetrics::add(&metrics.cache_misses, 1);
-                        outstanding += 1;
-                    }
-                    Lookup::Owner(pending) => {
-                        StoreMetrics::add(&metrics.cache_misses, 1);
-                        outstanding += 1;
-                        owned_in_flight += 1;
-                        owned[tag] = true;
-                        self.submit(stream, &m.target, pending);
-                    }
-                }
-            }
-            if outstanding == 0 {
-                return Ok(());
-            }
-            // Rather than sleep until a worker finishes, run queued decodes here (ours or
-            // another reader's) if a helper slot is free. Sleep when the queue is empty or
-            // enough threads already help.
-            let notice = loop {
-                if let Ok(n) = rx.try_recv() {
-                    break Some(n);
-                }
-                if !tried_helping {
-                    tried_helping = true;
-                    *helper = self.engine.pool.start_helping();
-                }
-                let Some(scratch) = helper.as_mut() else {
-                    break None;
-                };
-                if !self.engine.pool.try_run_one(scratch) {
-                    break None;
-                }
-            };
-            // We hold `tx`, and every load completes (a drop guard covers panics), so the
-            // blocking receive cannot wait forever or disconnect.
-            let Some((tag, result)) = notice.or_else(|| rx.recv().ok()) else {
-                return Err(self.block_error(&self.archive, stream, 0, 0, BlockFault::Internal));
-            };
-            outstanding -= 1;
-            if owned[tag] {
-                owned_in_flight -= 1;
-            }
-            let m = &misses[tag];
-            let block = result?;
-            self.copy_out(
-                stream,
-                &m.target,
-                &block,
-                m.skip,
-                &mut buf[m.dst..m.dst + m.len],
-            )?;
-        }
-    }
-
-    fn copy_out(
-        &self,
-        stream: Stream,
-        t: &Target,
-        block: &[u8],
-        skip: usize,
-        dst: &mut [u8],
-    ) -> Result<(), StoreError> {
-        if block.len() != t.info.logical_len as usize {
-            // Two entries share stored bytes but disagree on their size.
-            return Err(self.block_error(
-                &t.archive,
-                stream,
-                t.index,
-                t.offset,
-                BlockFault::ParentSize {
-                    expected: t.info.logical_len,
-                    actual: u32::try_from(block.len()).unwrap_or(u32::MAX),
-                },
-            ));
-        }
-        dst.copy_from_slice(&block[skip..skip + dst.len()]);
-        Ok(())
-    }
-
-    fn submit(&self, stream: Stream, t: &Target, pending: Arc<Pending<BlockData, StoreError>>) {
-        let job = DecodeJob {
-            archive: Arc::clone(&t.archive),
-            info: t.info,
-            index: t.index,
-            key: t.key(),
-            stream,
-            offset: t.offset,
-            pending: Some(pending),
-            cache: Arc::clone(&self.engine.blocks),
-            metrics: Arc::clone(&self.engine.metrics),
-        };
-        self.engine
-            .pool
-            .submit(Box::new(move |scratch| job.run(scratch)));
-    }
-
     /// Starts decoding the blocks of a range into the cache without waiting (NBD_CMD_CACHE,
     /// readahead). Blocks already cached or loading are skipped.
     pub fn prefetch(&self, stream: Stream, offset: u64, len: u64) -> Result<(), StoreError> {
@@ -558,77 +417,6 @@ impl Snapshot {
             pos += length;
         }
         Ok(out)
-    }
-}
-
-/// A helper slot (and its scratch state) held while a reader helps decode; returned on drop,
-/// however the read ends.
-struct HelperScratch<'a> {
-    pool: &'a super::pool::Pool,
-    scratch: Option<super::pool::Scratch>,
-}
-
-impl Drop for HelperScratch<'_> {
-    fn drop(&mut self) {
-        if let Some(s) = self.scratch.take() {
-            self.pool.stop_helping(s);
-        }
-    }
-}
-
-/// A decode on a worker. Completing the pending load is guaranteed: if the job is dropped
-/// without running to the end (a panic), its `Drop` reports an internal error to the readers.
-struct DecodeJob {
-    archive: Arc<Archive>,
-    info: BlockInfo,
-    index: u64,
-    key: BlockKey,
-    stream: Stream,
-    offset: u64,
-    pending: Option<Arc<Pending<BlockData, StoreError>>>,
-    cache: Arc<BlockCache>,
-    metrics: Arc<StoreMetrics>,
-}
-
-impl DecodeJob {
-    fn run(mut self, scratch: &mut super::pool::Scratch) {
-        let result = decode(&self.archive, &self.info, self.index, scratch);
-        StoreMetrics::add(&self.metrics.stored_bytes_read, u64::from(self.info.length));
-        let result = match result {
-            Ok(v) => {
-                StoreMetrics::add(&self.metrics.decompressions, 1);
-                Ok(Arc::new(v))
-            }
-            Err(fault) => Err(self.fail(fault)),
-        };
-        self.finish(result);
-    }
-
-    fn fail(&self, fault: BlockFault) -> StoreError {
-        StoreMetrics::add(&self.metrics.block_errors, 1);
-        StoreError::Block {
-            path: self.archive.path().to_path_buf(),
-            stream: self.stream,
-            block: self.index,
-            offset: self.offset,
-            fault,
-        }
-    }
-
-    fn finish(&mut self, result: Result<BlockData, StoreError>) {
-        if let Some(p) = self.pending.take() {
-            let weight = result.as_ref().map_or(0, |b| b.len());
-            self.cache.complete(&self.key, &p, result, weight);
-        }
-    }
-}
-
-impl Drop for DecodeJob {
-    fn drop(&mut self) {
-        if self.pending.is_some() {
-            let e = self.fail(BlockFault::Internal);
-            self.finish(Err(e));
-        }
     }
 }
 
