@@ -372,8 +372,10 @@ fn reload(sources: &mut Sources, engine: &Arc<Engine>, catalog: &CatalogHandle) 
     let old = std::mem::replace(&mut sources.config.snapshots, new.snapshots);
     match sources.open_catalog(engine) {
         Ok(c) => {
-            log::info!("reloaded {}: {}", file.display(), describe(&c));
+            // Swap first: the log line tells watchers the new set is in effect.
+            let summary = describe(&c);
             catalog.store(c);
+            log::info!("reloaded {}: {summary}", file.display());
         }
         Err(e) => {
             sources.config.snapshots = old;
