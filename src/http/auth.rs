@@ -1,6 +1,8 @@
 //! Bearer-token authorization (RFC 6750 §2.1): checks `Authorization: Bearer TOKEN` against the
 //! configured token in constant time. Pure.
 
+use super::request::trim_ows;
+
 /// The configured token, kept as a digest so every comparison costs the same whatever the
 /// length or content of the candidate (comparing digests also hides the token's length).
 #[derive(Clone)]
@@ -28,9 +30,9 @@ impl Token {
         let Some(v) = authorization else {
             return false;
         };
-        let v = trim(v);
+        let v = trim_ows(v);
         let candidate = match v.get(..7) {
-            Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => trim(&v[7..]),
+            Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => trim_ows(&v[7..]),
             _ => return false,
         };
         constant_time_eq(blake3::hash(candidate).as_bytes(), &self.digest)
@@ -41,18 +43,6 @@ impl Token {
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
     std::hint::black_box(diff) == 0
-}
-
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|&b| b != b' ' && b != b'\t')
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|&b| b != b' ' && b != b'\t')
-        .map_or(start, |e| e + 1);
-    &v[start..end.max(start)]
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 use std::io::{self, IoSlice, Write};
 
 use super::response::{Piece, Plan};
+use crate::daemon::conn::write_all_vectored;
 use crate::store::StoreError;
 
 /// Largest body buffer per connection: bodies are produced in chunks of at most this size.
@@ -123,23 +124,6 @@ impl<W: Write> Out<'_, W> {
             SendError::Late(e)
         }
     }
-}
-
-/// `write_all` over several buffers (std's is unstable).
-pub(super) fn write_all_vectored(
-    w: &mut impl Write,
-    mut bufs: &mut [IoSlice<'_>],
-) -> io::Result<()> {
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        match w.write_vectored(bufs) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 
 use super::date;
+use super::request::trim_ows;
 
 /// The validators of one served stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +92,7 @@ enum TagList<'a> {
 /// Parses `"*" / #entity-tag`. `None` for an invalid value (then the header is ignored as a
 /// whole, which is the conservative reading: the request proceeds unconditionally).
 fn tag_list(v: &[u8]) -> Option<TagList<'_>> {
-    let v = trim(v);
+    let v = trim_ows(v);
     if v == b"*" {
         return Some(TagList::Any);
     }
@@ -120,14 +121,6 @@ fn tag_list(v: &[u8]) -> Option<TagList<'_>> {
 
 fn trim_start(mut v: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = v {
-        v = rest;
-    }
-    v
-}
-
-fn trim(v: &[u8]) -> &[u8] {
-    let mut v = trim_start(v);
-    while let [rest @ .., b' ' | b'\t'] = v {
         v = rest;
     }
     v
@@ -242,7 +235,7 @@ fn if_range_holds(f: &Single, v: &Validators) -> bool {
     let value = match f {
         Single::None => return true,
         Single::Many => return false,
-        Single::One(value) => trim(value),
+        Single::One(value) => trim_ows(value),
     };
     if value.starts_with(b"\"") || value.starts_with(b"W/") {
         return match entity_tag(value) {

@@ -21,12 +21,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use super::body::{self, SendError, write_all_vectored};
+use super::body::{self, SendError};
 use super::handler::{self, Body, Response};
 use super::request::{self, Body as RequestBody, Expect, HeadError, MAX_HEAD_BYTES, Request};
 use super::response::{Connection as ConnHeader, Plan};
 use super::{HttpService, date};
-use crate::daemon::conn::is_disconnect;
+use crate::daemon::conn::{is_disconnect, write_all_vectored};
 use crate::daemon::{Catalog, Conn, ProtoMetrics};
 use crate::format::Stream;
 use crate::store::{Snapshot, StoreError};

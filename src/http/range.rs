@@ -2,6 +2,8 @@
 //! and the `max_range_bytes` clamp of §3a). Pure functions over header bytes and a length: the
 //! connection code only carries out the [`Decision`].
 
+use super::request::trim_ows;
+
 /// Most ranges a request may ask for; more is answered 416 (http.md §3 step 8, allowed by
 /// RFC 9110 §14.2 as denial-of-service protection).
 pub const MAX_RANGES: usize = 16;
@@ -68,22 +70,6 @@ pub enum Decision {
 /// True for the OWS characters of RFC 9110 §5.6.3.
 fn is_ows(b: u8) -> bool {
     b == b' ' || b == b'\t'
-}
-
-fn trim_ows(mut v: &[u8]) -> &[u8] {
-    while let [first, rest @ ..] = v {
-        if !is_ows(*first) {
-            break;
-        }
-        v = rest;
-    }
-    while let [rest @ .., last] = v {
-        if !is_ows(*last) {
-            break;
-        }
-        v = rest;
-    }
-    v
 }
 
 /// True for a `tchar` of RFC 9110 §5.6.2.

@@ -222,7 +222,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
                 content_length = Some(None);
             }
         } else if name.eq_ignore_ascii_case("expect") {
-            r.expect = if trim(v).eq_ignore_ascii_case(b"100-continue") {
+            r.expect = if trim_ows(v).eq_ignore_ascii_case(b"100-continue") {
                 Expect::Continue
             } else {
                 Expect::Other
@@ -273,7 +273,9 @@ fn join(field: &mut Option<Vec<u8>>, v: &[u8]) {
     }
 }
 
-fn trim(v: &[u8]) -> &[u8] {
+/// Strips optional whitespace (RFC 9110 §5.6.3: spaces and tabs) from both ends of a header
+/// value or list member.
+pub(super) fn trim_ows(v: &[u8]) -> &[u8] {
     let start = v
         .iter()
         .position(|&b| b != b' ' && b != b'\t')
@@ -287,7 +289,9 @@ fn trim(v: &[u8]) -> &[u8] {
 
 /// The non-empty members of a comma-separated list.
 fn list(v: &[u8]) -> impl Iterator<Item = &[u8]> {
-    v.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty())
+    v.split(|&b| b == b',')
+        .map(trim_ows)
+        .filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]

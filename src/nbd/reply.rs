@@ -14,7 +14,7 @@ use std::io::{self, IoSlice, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 
-use crate::daemon::conn::is_disconnect;
+use crate::daemon::conn::{is_disconnect, write_all_vectored};
 
 /// Replies up to this size are combined; larger ones are written without a copy.
 const COMBINE_MAX: usize = 64 * 1024;
@@ -157,21 +157,6 @@ impl<W: Sink> ReplyWriter<W> {
             w.abort();
         }
     }
-}
-
-/// `write_all` for a list of slices: one `writev` per round, so a header and its data usually
-/// leave in one segment.
-fn write_all_vectored<W: Write>(w: &mut W, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        match w.write_vectored(bufs) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
