@@ -266,7 +266,7 @@ mod tests {
     #[test]
     fn multipart_bodies_are_exact() {
         let ranges = [range(0, 9), range(3_000_000, 3_000_004)];
-        let plan = multipart(&ranges, 4_000_000, "B");
+        let plan = multipart(&ranges, 4_000_000, "B").unwrap();
         let mut w = Calls(Vec::new(), Vec::new());
         let sent = send(
             &mut w,

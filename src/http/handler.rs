@@ -222,7 +222,10 @@ fn serve_stream(
         Decision::Multi(ranges) => {
             let nonce = svc.nonce.fetch_add(1, Ordering::Relaxed);
             let boundary = response::boundary(snapshot.identity(), &ranges, nonce);
-            let plan = response::multipart(&ranges, len, &boundary);
+            // A multipart body longer than 2^64 bytes cannot be framed; a full 200 can.
+            let Some(plan) = response::multipart(&ranges, len, &boundary) else {
+                return full(false);
+            };
             Response {
                 status: 206,
                 head: representation(206, plan.len)

@@ -133,8 +133,9 @@ impl Plan {
 
 /// A `multipart/byteranges` body (RFC 9110 §14.6) for `ranges` of a `total`-byte stream:
 /// `--B CRLF Content-Type CRLF Content-Range CRLF CRLF data CRLF` per part, then `--B-- CRLF`.
-/// Its length is exact, so the response carries a Content-Length.
-pub fn multipart(ranges: &[ByteRange], total: u64, boundary: &str) -> Plan {
+/// Its length is exact, so the response carries a Content-Length. `None` when that length does
+/// not fit in a u64 (ranges of a stream close to 2^64 bytes).
+pub fn multipart(ranges: &[ByteRange], total: u64, boundary: &str) -> Option<Plan> {
     let mut pieces = Vec::with_capacity(ranges.len() * 2 + 1);
     let mut len = 0u64;
     let mut text = String::new();
@@ -147,14 +148,14 @@ pub fn multipart(ranges: &[ByteRange], total: u64, boundary: &str) -> Plan {
             "--{boundary}\r\nContent-Type: {OCTET_STREAM}\r\nContent-Range: bytes {}-{}/{total}\r\n\r\n",
             r.first, r.last
         );
-        len += text.len() as u64 + r.len();
+        len = len.checked_add(text.len() as u64)?.checked_add(r.len())?;
         pieces.push(Piece::Text(std::mem::take(&mut text).into_bytes()));
         pieces.push(Piece::Data(*r));
     }
     let tail = format!("\r\n--{boundary}--\r\n");
-    len += tail.len() as u64;
+    len = len.checked_add(tail.len() as u64)?;
     pieces.push(Piece::Text(tail.into_bytes()));
-    Plan { pieces, len }
+    Some(Plan { pieces, len })
 }
 
 /// The `Content-Type` of a multipart answer.
@@ -184,6 +185,15 @@ pub fn boundary(identity: &[u8; 32], ranges: &[ByteRange], nonce: u64) -> String
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn multipart_length_that_overflows_u64_is_refused() {
+        // Regression: two ranges of a stream near 2^64 bytes overflowed the Content-Length.
+        let r = |first: u64, last: u64| ByteRange { first, last };
+        let total = u64::MAX - 1;
+        assert!(multipart(&[r(0, 0), r(1, total - 1)], total, "B").is_none());
+        assert!(multipart(&[r(0, 0), r(5, 9)], total, "B").is_some());
+    }
+
     use super::*;
 
     #[test]
@@ -210,7 +220,7 @@ mod tests {
             ByteRange { first: 0, last: 0 },
             ByteRange { first: 2, last: 3 },
         ];
-        let plan = multipart(&ranges, 1000, "B");
+        let plan = multipart(&ranges, 1000, "B").unwrap();
         let data = b"0123";
         let mut body = Vec::new();
         for p in &plan.pieces {

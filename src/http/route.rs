@@ -73,7 +73,10 @@ fn named_stream(path: &str) -> Option<Route> {
 
 fn strip_authority(path: &str) -> &str {
     for scheme in ["http://", "https://"] {
-        if path.len() >= scheme.len() && path[..scheme.len()].eq_ignore_ascii_case(scheme) {
+        // Compare bytes: the target may hold UTF-8, and slicing the `str` at a fixed length
+        // could split a character (and panic).
+        let head = path.as_bytes().get(..scheme.len());
+        if head.is_some_and(|h| h.eq_ignore_ascii_case(scheme.as_bytes())) {
             let rest = &path[scheme.len()..];
             return rest.find('/').map_or("/", |i| &rest[i..]);
         }
@@ -104,6 +107,21 @@ fn percent_decode(s: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn non_ascii_targets_are_not_found_and_never_panic() {
+        // Regression: "/aaaaé" has a multi-byte character across byte 7, where the check for
+        // "http://" used to slice the string.
+        for t in [
+            "/aaaaa\u{e9}",
+            "h\u{e9}\u{e9}\u{e9}\u{e9}",
+            "/\u{1F600}\u{1F600}",
+            "\u{e9}",
+        ] {
+            assert_eq!(super::route(t), super::Route::NotFound, "{t:?}");
+        }
+        assert_eq!(super::strip_authority("http://h\u{e9}/disk"), "/disk");
+    }
+
     use super::*;
 
     fn stream(snapshot: Option<&str>, stream: Stream) -> Route {

@@ -24,8 +24,9 @@ const MAX_DICTIONARY_BYTES: u32 = 64 * 1024 * 1024;
 const PAGE_ENTRY_MEMORY: usize = std::mem::size_of::<BlockInfo>() + 8;
 
 /// Identity of an opened archive in the engine's registry: the file (device, inode, size,
-/// mtime) and a fingerprint of the password it was opened with.
-pub(crate) type ArchiveKey = (u64, u64, u64, i64, [u8; 32]);
+/// mtime seconds and nanoseconds, kept apart so no date can overflow) and a fingerprint of the
+/// password it was opened with.
+pub(crate) type ArchiveKey = (u64, u64, u64, i64, i64, [u8; 32]);
 
 /// A parsed index page with the stream offset of every block.
 #[derive(Debug)]
@@ -94,7 +95,8 @@ impl Archive {
             meta.dev(),
             meta.ino(),
             meta.len(),
-            meta.mtime().saturating_mul(1_000_000_000) + meta.mtime_nsec(),
+            meta.mtime(),
+            meta.mtime_nsec(),
             fingerprint,
         );
         if !cx.index_only {
@@ -163,6 +165,7 @@ impl Archive {
         identity.update(&key.1.to_le_bytes());
         identity.update(&file_len.to_le_bytes());
         identity.update(&key.3.to_le_bytes());
+        identity.update(&key.4.to_le_bytes());
         identity.update(&head);
         identity.update(&tail_buf[..tail_buf.len().min(1 << 20)]);
         let identity = *identity.finalize().as_bytes();
