@@ -79,6 +79,11 @@ impl Pool {
         })
     }
 
+    /// Jobs waiting in the queue now (not counting the ones running).
+    pub fn queued(&self) -> usize {
+        self.rx.len()
+    }
+
     /// Number of worker threads.
     pub fn size(&self) -> usize {
         self.workers.len()

@@ -362,13 +362,22 @@ impl Snapshot {
 
     /// Starts decoding the blocks of a range into the cache without waiting (NBD_CMD_CACHE,
     /// readahead). Blocks already cached or loading are skipped.
+    ///
+    /// Prefetch is advisory and must never crowd out real reads: it does nothing when the
+    /// block cache is off (the decodes would be thrown away), and it stops claiming blocks once
+    /// the pool queue holds [`Engine::read_window`] jobs, so a client sending CACHE requests in
+    /// a loop cannot fill the shared queue ahead of other clients' reads.
     pub fn prefetch(&self, stream: Stream, offset: u64, len: u64) -> Result<(), StoreError> {
         let size = self.size(stream);
-        if offset >= size {
+        if offset >= size || self.engine.blocks.capacity() == 0 {
             return Ok(());
         }
         let len = len.min(size - offset);
+        let budget = self.engine.read_window();
         for piece in self.plan(stream, offset, len)? {
+            if self.engine.pool.queued() >= budget {
+                break;
+            }
             if let Piece::Entry { page, i, .. } = piece {
                 if let Some(t) = self.target(stream, &page, i)? {
                     if let Some(p) = self.engine.blocks.claim(&t.key()) {
