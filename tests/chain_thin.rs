@@ -358,3 +358,74 @@ fn archive_naming_itself_as_parent_is_refused_at_open() {
     let e = open(&path).expect_err("a cycle must not open");
     assert!(e.to_string().contains("loop"), "{e}");
 }
+
+/// Regression: the parent's hash index used to be built all-or-nothing and its failure cached
+/// forever, so one corrupt page anywhere in a parent (here its aux stream, which the child
+/// never uses) made every parent reference of every child fail.
+#[test]
+fn a_corrupt_page_in_a_parent_costs_only_its_own_blocks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let base = mixed_data(2 << 20, 65536, 41);
+    let aux = mixed_data(512 << 10, 65536, 42);
+    let mut child = base.clone();
+    child[100_000..100_016].copy_from_slice(b"changed in child");
+    let (b, a, c) = (
+        write_file(d, "base.img", &base),
+        write_file(d, "aux.img", &aux),
+        write_file(d, "child.img", &child),
+    );
+    let s = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+    hexzd_ok([
+        "pack".into(),
+        s(&b),
+        s(&d.join("base.hxz")),
+        "--aux".into(),
+        s(&a),
+    ]);
+    hexzd_ok([
+        "pack".into(),
+        s(&c),
+        s(&d.join("child.hxz")),
+        "--base".into(),
+        s(&d.join("base.hxz")),
+    ]);
+
+    let mut bytes = ArchiveBytes::load(&d.join("base.hxz"));
+    let aux_page = bytes.pages(Stream::Aux)[0];
+    // The page's entry count (u64 LE at its start) becomes absurd: that page cannot decode.
+    bytes.bytes[common::us(aux_page.offset) + 7] = 0x7f;
+    bytes.save(&d.join("base.hxz"));
+    let base_snap = common::open(&d.join("base.hxz")).expect("open base");
+    assert!(
+        read_all(&base_snap, Stream::Aux, 1 << 20).is_err(),
+        "the aux page must be bad"
+    );
+
+    let snap = common::open(&d.join("child.hxz")).expect("open child");
+    let got = read_all(&snap, Stream::Main, 1 << 20)
+        .expect("the child's blocks all live in the base's main stream");
+    assert!(got == child);
+}
+
+/// Regression: `inspect` walked the parent chain without remembering where it had been, so a
+/// file listing itself twice as parent took 2^32 opens. `open` refuses such a loop; `inspect`
+/// must show it and finish.
+#[test]
+fn inspect_shows_a_self_referencing_chain_and_finishes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("self.hxz");
+    let mut a = ArchiveBytes::fixture("hello-lz4.hxz");
+    let mut h = a.header();
+    h.parent_paths = vec!["self.hxz".into(), "self.hxz".into()];
+    a.set_header(&h);
+    a.save(&path);
+    let out = String::from_utf8(hexzd_ok([
+        "inspect".into(),
+        path.to_str().expect("utf-8").to_string(),
+    ]))
+    .expect("utf-8");
+    assert!(out.contains("already shown"), "{out}");
+    let e = open(&path).expect_err("a loop is refused at open");
+    assert!(e.to_string().contains("loops"), "{e}");
+}

@@ -139,44 +139,47 @@ fn stream_report(
     Ok(r)
 }
 
+/// Describes the parent chain. Each file is expanded once: a file met again (a loop, or two
+/// paths to one parent) is reported as already shown, so a hostile header cannot make this
+/// walk exponential.
 fn parent_chain(
     engine: &std::sync::Arc<Engine>,
     child: &Path,
     names: &[String],
-    depth: usize,
+    seen: &mut HashSet<std::path::PathBuf>,
 ) -> Vec<ParentReport> {
-    names
-        .iter()
-        .map(|name| {
-            let mut rep = ParentReport {
-                path: name.clone(),
-                resolved: None,
-                error: None,
-                parents: Vec::new(),
-            };
-            let found = parent_candidates(child, name)
-                .into_iter()
-                .find(|c| c.exists());
-            match found {
-                None => rep.error = Some("not found".into()),
-                Some(c) => match open_index(engine, &c) {
-                    Ok(s) => {
-                        rep.resolved = Some(c.display().to_string());
-                        if depth < 32 {
-                            rep.parents = parent_chain(
-                                engine,
-                                &c,
-                                &s.archive().header().parent_paths,
-                                depth + 1,
-                            );
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let mut rep = ParentReport {
+            path: name.clone(),
+            resolved: None,
+            error: None,
+            parents: Vec::new(),
+        };
+        let found = parent_candidates(child, name)
+            .into_iter()
+            .find(|c| c.exists());
+        match found {
+            None => rep.error = Some("not found".into()),
+            Some(c) => {
+                rep.resolved = Some(c.display().to_string());
+                let key = std::fs::canonicalize(&c).unwrap_or_else(|_| c.clone());
+                if !seen.insert(key) {
+                    rep.error = Some("already shown above (the chain loops or repeats)".into());
+                } else {
+                    match open_index(engine, &c) {
+                        Ok(s) => {
+                            rep.parents =
+                                parent_chain(engine, &c, &s.archive().header().parent_paths, seen);
                         }
+                        Err(e) => rep.error = Some(e.to_string()),
                     }
-                    Err(e) => rep.error = Some(e.to_string()),
-                },
+                }
             }
-            rep
-        })
-        .collect()
+        }
+        out.push(rep);
+    }
+    out
 }
 
 /// Builds the report.
@@ -206,7 +209,11 @@ pub fn report(path: &Path) -> Result<Report, CommandError> {
         ratio: (main.size + aux.size) as f64 / a.file_len().max(1) as f64,
         main,
         aux,
-        parents: parent_chain(&engine, path, &h.parent_paths, 0),
+        parents: parent_chain(&engine, path, &h.parent_paths, &mut {
+            let mut seen = HashSet::new();
+            seen.insert(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
+            seen
+        }),
         encryption: h.encryption.map(|e| Encryption {
             cipher: "AES-256-GCM, PBKDF2-HMAC-SHA256",
             iterations: e.iterations,
@@ -220,7 +227,8 @@ pub fn report(path: &Path) -> Result<Report, CommandError> {
 fn render_parents(out: &mut String, parents: &[ParentReport], indent: usize) {
     for p in parents {
         let state = match (&p.resolved, &p.error) {
-            (Some(r), _) => format!("-> {r}"),
+            (Some(r), Some(e)) => format!("-> {r} ({e})"),
+            (Some(r), None) => format!("-> {r}"),
             (None, Some(e)) => format!("MISSING ({e})"),
             (None, None) => String::new(),
         };

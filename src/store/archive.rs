@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::chain::HashIndex;
@@ -57,8 +57,9 @@ pub struct Archive {
     pub(crate) cipher: Option<BlockCipher>,
     pub(crate) dictionary: Option<Vec<u8>>,
     pub(crate) parents: Vec<Arc<Archive>>,
-    /// BLAKE3 → block map over this archive's data blocks, built on first parent lookup.
-    pub(crate) hash_index: OnceLock<Result<HashIndex, StoreError>>,
+    /// BLAKE3 → block map over this archive's data blocks, built on first parent lookup
+    /// (`None` until then).
+    pub(crate) hash_index: std::sync::RwLock<Option<HashIndex>>,
 }
 
 /// What opening needs beyond the path.
@@ -236,7 +237,7 @@ impl Archive {
             cipher,
             dictionary,
             parents,
-            hash_index: OnceLock::new(),
+            hash_index: std::sync::RwLock::new(None),
         });
         if archive.cipher.is_some() {
             archive.check_password(cx.engine)?;

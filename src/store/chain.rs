@@ -6,9 +6,9 @@
 //! shared through the engine's archive registry. A lookup tries the parents in header order and,
 //! depth first, their own parents, so references resolve through the whole chain.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use super::archive::{Archive, MAX_CHAIN_DEPTH, OpenContext};
 use super::engine::Engine;
@@ -24,10 +24,29 @@ pub(crate) struct BlockLoc {
 }
 
 /// BLAKE3 → location map over an archive's data blocks (both streams). Keys are the first 16
-/// bytes of the hash; the full hash is compared against the entry on lookup.
+/// bytes of the hash; the full hash is compared against the entry on lookup. Pages that failed
+/// to load are remembered and retried when a lookup misses, so one bad (or transiently
+/// unreadable) page costs only its own entries, and a miss reports that page's error rather
+/// than "not found".
 #[derive(Debug, Default)]
 pub(crate) struct HashIndex {
     map: HashMap<u128, BlockLoc>,
+    bad: Vec<(Stream, usize)>,
+}
+
+impl HashIndex {
+    /// Adds the data blocks of one page.
+    fn add_page(&mut self, stream: Stream, p: usize, blocks: &[BlockInfo]) {
+        for (i, b) in blocks.iter().enumerate() {
+            if b.kind() == BlockKind::Data && b.hash != [0; 32] {
+                self.map.entry(short(&b.hash)).or_insert(BlockLoc {
+                    stream,
+                    page: p,
+                    entry: i,
+                });
+            }
+        }
+    }
 }
 
 fn short(hash: &[u8; 32]) -> u128 {
@@ -98,6 +117,8 @@ pub(crate) fn open_parents(
             }
         }
         match found {
+            // A path listed twice (or two paths to one file) is one parent.
+            Some(a) if parents.iter().any(|p| Arc::ptr_eq(p, &a)) => {}
             Some(a) => parents.push(a),
             None => {
                 return Err(StoreError::Parent {
@@ -117,29 +138,85 @@ pub(crate) fn open_parents(
 }
 
 impl Archive {
-    /// This archive's hash index, built on first use.
-    fn hash_index(&self, engine: &Engine) -> Result<&HashIndex, StoreError> {
-        self.hash_index
-            .get_or_init(|| {
-                let mut idx = HashIndex::default();
+    /// Builds the hash index on first use (under the write lock, so concurrent first lookups
+    /// wait for one build).
+    fn hash_index_built(
+        &self,
+        engine: &Engine,
+    ) -> std::sync::RwLockReadGuard<'_, Option<HashIndex>> {
+        {
+            let idx = self
+                .hash_index
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            if idx.is_some() {
+                return idx;
+            }
+        }
+        {
+            let mut idx = self
+                .hash_index
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if idx.is_none() {
+                let mut built = HashIndex::default();
                 for stream in Stream::ALL {
                     for p in 0..self.pages(stream).len() {
-                        let page = self.page(engine, stream, p)?;
-                        for (i, b) in page.blocks.iter().enumerate() {
-                            if b.kind() == BlockKind::Data && b.hash != [0; 32] {
-                                idx.map.entry(short(&b.hash)).or_insert(BlockLoc {
-                                    stream,
-                                    page: p,
-                                    entry: i,
-                                });
+                        match self.page(engine, stream, p) {
+                            Ok(page) => built.add_page(stream, p, &page.blocks),
+                            Err(e) => {
+                                log::warn!("hash index of {}: {e}", self.path().display());
+                                built.bad.push((stream, p));
                             }
                         }
                     }
                 }
-                Ok(idx)
-            })
-            .as_ref()
-            .map_err(Clone::clone)
+                *idx = Some(built);
+            }
+        }
+        self.hash_index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Where the data block with this hash is, if this archive's index knows it.
+    fn locate(&self, engine: &Engine, hash: &[u8; 32]) -> Result<Option<BlockLoc>, StoreError> {
+        let (found, any_bad) = {
+            let idx = self.hash_index_built(engine);
+            let idx = idx.as_ref();
+            (
+                idx.and_then(|i| i.map.get(&short(hash)).copied()),
+                idx.is_some_and(|i| !i.bad.is_empty()),
+            )
+        };
+        if found.is_some() || !any_bad {
+            return Ok(found);
+        }
+        // A miss while some pages were unreadable: retry them, and if one still fails, report
+        // it (the block may be on it) instead of "not in any parent".
+        let mut idx = self
+            .hash_index
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(idx) = idx.as_mut() else {
+            return Ok(None);
+        };
+        let mut first_err = None;
+        let bad = std::mem::take(&mut idx.bad);
+        for (stream, p) in bad {
+            match self.page(engine, stream, p) {
+                Ok(page) => idx.add_page(stream, p, &page.blocks),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    idx.bad.push((stream, p));
+                }
+            }
+        }
+        match (idx.map.get(&short(hash)).copied(), first_err) {
+            (Some(loc), _) => Ok(Some(loc)),
+            (None, Some(e)) => Err(e),
+            (None, None) => Ok(None),
+        }
     }
 
     /// Finds a data block with this hash in this archive alone.
@@ -148,7 +225,7 @@ impl Archive {
         engine: &Engine,
         hash: &[u8; 32],
     ) -> Result<Option<Resolved>, StoreError> {
-        let Some(loc) = self.hash_index(engine)?.map.get(&short(hash)).copied() else {
+        let Some(loc) = self.locate(engine, hash)? else {
             return Ok(None);
         };
         let page = self.page(engine, loc.stream, loc.page)?;
@@ -165,17 +242,31 @@ impl Archive {
 }
 
 /// Resolves a parent reference through `parents` and their ancestors, depth first in header
-/// order. `None` when no archive of the chain holds the hash.
+/// order. `None` when no archive of the chain holds the hash. Each archive is searched once
+/// even when several paths of the chain lead to it (without that, 32 archives each naming the
+/// next twice would take 2^32 lookups).
 pub(crate) fn resolve(
     engine: &Engine,
     parents: &[Arc<Archive>],
     hash: &[u8; 32],
 ) -> Result<Option<Resolved>, StoreError> {
+    resolve_from(engine, parents, hash, &mut HashSet::new())
+}
+
+fn resolve_from(
+    engine: &Engine,
+    parents: &[Arc<Archive>],
+    hash: &[u8; 32],
+    visited: &mut HashSet<u64>,
+) -> Result<Option<Resolved>, StoreError> {
     for p in parents {
+        if !visited.insert(p.id) {
+            continue;
+        }
         if let Some(r) = p.lookup(engine, hash)? {
             return Ok(Some(r));
         }
-        if let Some(r) = resolve(engine, p.parents(), hash)? {
+        if let Some(r) = resolve_from(engine, p.parents(), hash, visited)? {
             return Ok(Some(r));
         }
     }
