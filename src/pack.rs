@@ -125,6 +125,9 @@ pub enum PackError {
     /// Compression failed.
     #[error("compression failed: {0}")]
     Codec(#[from] CodecError),
+    /// A compression job stopped without a result (a bug).
+    #[error("internal error: the compression job of block {0} stopped without a result")]
+    Internal(u64),
     /// The worker threads could not be started.
     #[error("cannot start worker threads: {0}")]
     Threads(io::Error),
@@ -137,6 +140,27 @@ struct Prepared {
     hash: [u8; 32],
     stored: Vec<u8>,
     crc: u32,
+}
+
+/// A compression job's answer. If the job dies without answering (a panic), `Drop` reports
+/// it, so the writer never waits for a block that will not come.
+struct Reply {
+    tx: Option<crossbeam_channel::Sender<(u64, Result<Prepared, PackError>)>>,
+    seq: u64,
+}
+
+impl Reply {
+    fn send(&mut self, r: Result<Prepared, PackError>) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send((self.seq, r));
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        self.send(Err(PackError::Internal(self.seq)));
+    }
 }
 
 /// Removes the temporary output unless the archive was committed.
@@ -413,7 +437,7 @@ impl<W: Write + io::Seek> Run<'_, W> {
                 path: self.output.to_path_buf(),
                 source,
             })?;
-        let (tx, rx) = crossbeam_channel::unbounded::<(u64, Result<Prepared, CodecError>)>();
+        let (tx, rx) = crossbeam_channel::unbounded::<(u64, Result<Prepared, PackError>)>();
         let mut next_read = 0u64;
         let mut next_write = 0u64;
         let mut ready: BTreeMap<u64, Prepared> = BTreeMap::new();
@@ -439,6 +463,7 @@ impl<W: Write + io::Seek> Run<'_, W> {
                 let compression = self.compression;
                 let cipher = self.cipher.clone();
                 let index = first_index + seq;
+                let mut reply = Reply { tx: Some(tx), seq };
                 self.pool.submit(Box::new(move |scratch| {
                     let r = prepare(
                         &mut scratch.codec,
@@ -447,7 +472,7 @@ impl<W: Write + io::Seek> Run<'_, W> {
                         index,
                         &buf,
                     );
-                    let _ = tx.send((seq, r));
+                    reply.send(r.map_err(PackError::Codec));
                 }));
             }
             if next_write == next_read {
@@ -456,7 +481,7 @@ impl<W: Write + io::Seek> Run<'_, W> {
             let Ok((seq, r)) = rx.recv() else {
                 break;
             };
-            ready.insert(seq, r.map_err(PackError::Codec)?);
+            ready.insert(seq, r?);
             while let Some(p) = ready.remove(&next_write) {
                 self.write_block(p)?;
                 next_write += 1;

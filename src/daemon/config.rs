@@ -14,6 +14,8 @@ use super::catalog::valid_name;
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 /// Default NBD listen address.
 pub const DEFAULT_NBD: &str = "127.0.0.1:10809";
+/// Longest timeout the config accepts.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Default `max_range_bytes` (the reference's documented 32 MiB clamp).
 pub const DEFAULT_MAX_RANGE_BYTES: u64 = 32 * 1024 * 1024;
 
@@ -244,10 +246,19 @@ impl Config {
             problem,
         };
         let duration = |key: &str, v: &Value| -> Result<Duration, ConfigError> {
-            match v {
-                Value::Int(n) => Ok(Duration::from_secs(*n)),
-                Value::Str(s) => parse_duration(s).map_err(|p| invalid(key, p)),
+            let d = match v {
+                Value::Int(n) => Duration::from_secs(*n),
+                Value::Str(s) => parse_duration(s).map_err(|p| invalid(key, p))?,
+            };
+            // Deadlines are computed as `Instant + timeout`; an absurd value would overflow
+            // there on every connection rather than here once.
+            if d > MAX_TIMEOUT {
+                return Err(invalid(
+                    key,
+                    format!("{} s is longer than a year", d.as_secs()),
+                ));
             }
+            Ok(d)
         };
         let size = |key: &str, v: &Value| -> Result<u64, ConfigError> {
             match v {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
@@ -243,6 +243,7 @@ pub fn spawn(
 
 fn accept_loop(listener: &Listener, cfg: &AcceptLoop, shutdown: &Shutdown) {
     let m = cfg.metrics.of(cfg.proto);
+    let mut last_refusal_log: Option<Instant> = None;
     while !shutdown.is_triggered() {
         let mut fds = [
             PollFd::new(listener.poll_fd(), PollFlags::POLLIN),
@@ -275,20 +276,30 @@ fn accept_loop(listener: &Listener, cfg: &AcceptLoop, shutdown: &Shutdown) {
                     break;
                 }
             };
-            let active = m.connections_active.load(Ordering::Relaxed);
-            if active >= cfg.max_connections as u64 {
+            // Check and count in one step: several listeners (v4 and v6, or two addresses)
+            // share the cap.
+            let admitted =
+                m.connections_active
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n < cfg.max_connections as u64).then_some(n + 1)
+                    });
+            if admitted.is_err() {
                 ProtoMetrics::add(&m.connections_rejected, 1);
-                log::warn!(
-                    "{} connection from {} refused: {} connections open (cap {})",
-                    cfg.proto.name(),
-                    conn.peer(),
-                    active,
-                    cfg.max_connections
-                );
+                // The counter records every refusal; the log says so at most once a second,
+                // so a connection flood does not become a log flood.
+                if last_refusal_log.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(1)) {
+                    last_refusal_log = Some(Instant::now());
+                    log::warn!(
+                        "{} connection from {} refused: at the cap of {} connections ({} refused so far)",
+                        cfg.proto.name(),
+                        conn.peer(),
+                        cfg.max_connections,
+                        crate::daemon::metrics::get(&m.connections_rejected),
+                    );
+                }
                 (cfg.handler.reject)(conn);
                 continue;
             }
-            ProtoMetrics::add(&m.connections_active, 1);
             ProtoMetrics::add(&m.connections_total, 1);
             let guard = ActiveGuard(Arc::clone(&cfg.metrics), cfg.proto);
             let handler = Arc::clone(&cfg.handler);

@@ -116,7 +116,14 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone> ShardedCache<K, V, E> {
     /// A cache holding at most about `capacity` bytes. 0 disables caching (loads are still
     /// deduplicated while in flight).
     pub fn new(capacity: usize) -> Self {
-        let n = (capacity / MIN_SHARD_BYTES).clamp(1, MAX_SHARDS);
+        Self::with_shards(capacity, (capacity / MIN_SHARD_BYTES).clamp(1, MAX_SHARDS))
+    }
+
+    /// A cache of about `capacity` bytes in at most `shards` shards (rounded down to a power
+    /// of two). An entry larger than one shard is never cached, so caches of large entries
+    /// (index pages) use few shards.
+    pub fn with_shards(capacity: usize, shards: usize) -> Self {
+        let n = shards.clamp(1, MAX_SHARDS);
         let n = if n.is_power_of_two() {
             n
         } else {

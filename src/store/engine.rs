@@ -91,7 +91,9 @@ impl Engine {
         };
         Ok(Arc::new(Engine {
             blocks: Arc::new(ShardedCache::new(config.cache_bytes)),
-            pages: ShardedCache::new(config.page_cache_bytes),
+            // Two shards: a parsed page can be large (64 bytes per entry, and the format does
+            // not cap entries per page), and a page larger than its shard is never cached.
+            pages: ShardedCache::with_shards(config.page_cache_bytes, 2),
             pool: Pool::new(workers)?,
             metrics: Arc::new(StoreMetrics::default()),
             next_id: AtomicU64::new(1),
