@@ -286,3 +286,69 @@ fn literal_only_lz4_blocks_and_a_disagreeing_size_prefix_are_accepted() {
     let (bytes, models) = build(Compression::Lz4, [(pages, 710), (vec![], 0)]);
     check(&save(dir.path(), &bytes), &models);
 }
+
+/// A Zstd dictionary named by the header (hexz-format.md §8) is used for every block. The 0.8.2
+/// CLI never writes one, so this archive is built by hand; the dictionary is parsed once at open.
+#[test]
+fn zstd_dictionary_archives_read_byte_exact() {
+    use common::{open, read_all};
+    use hexzd::format::writer::ArchiveWriter;
+
+    let dict: Vec<u8> = (0..200)
+        .flat_map(|i| {
+            format!("record {i:04}: status=ok owner=hexzd flags=rw size=4096\n").into_bytes()
+        })
+        .collect();
+    let plain: Vec<Vec<u8>> = (0..6)
+        .map(|b| {
+            (0..900)
+                .flat_map(|i| {
+                    format!(
+                        "record {:04}: status=ok owner=hexzd flags=rw size=4096\n",
+                        (i * 7 + b) % 200
+                    )
+                    .into_bytes()
+                })
+                .take(40_000 + b * 1000)
+                .collect()
+        })
+        .collect();
+    let build = |with_dict: bool| -> Vec<u8> {
+        let mut h = Header::new(Compression::Zstd, 65536);
+        if with_dict {
+            h.dictionary_offset = Some(HEADER_SIZE as u64);
+            h.dictionary_length = Some(u32::try_from(dict.len()).expect("u32"));
+        }
+        let mut w = ArchiveWriter::new(std::io::Cursor::new(Vec::new()), h).expect("writer");
+        assert_eq!(w.append_stored(&dict).expect("dict"), HEADER_SIZE as u64);
+        w.begin_stream(Stream::Main).expect("stream");
+        let mut c = zstd::bulk::Compressor::with_dictionary(3, &dict).expect("compressor");
+        for p in &plain {
+            let stored = c.compress(p).expect("compress");
+            let offset = w.append_stored(&stored).expect("append");
+            w.push_entry(BlockInfo {
+                offset,
+                length: u32::try_from(stored.len()).expect("u32"),
+                logical_len: u32::try_from(p.len()).expect("u32"),
+                checksum: crc32(&stored),
+                hash: *blake3::hash(p).as_bytes(),
+            })
+            .expect("entry");
+        }
+        let (out, _) = w.finish(None).expect("finish");
+        out.into_inner()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let want: Vec<u8> = plain.concat();
+
+    let path = dir.path().join("dict.hxz");
+    std::fs::write(&path, build(true)).expect("write");
+    let snap = open(&path).expect("open");
+    assert!(read_all(&snap, Stream::Main, 10_000).expect("read") == want);
+
+    // The same blocks without the dictionary do not decode: it really is used.
+    let path = dir.path().join("nodict.hxz");
+    std::fs::write(&path, build(false)).expect("write");
+    let snap = open(&path).expect("open");
+    assert!(read_all(&snap, Stream::Main, 10_000).is_err());
+}

@@ -27,9 +27,6 @@ pub enum CatalogError {
         "invalid snapshot name {0:?}: use letters, digits, '.', '_' or '-', not \"disk\" or \"memory\""
     )]
     InvalidName(String),
-    /// More than one snapshot marked default.
-    #[error("more than one default snapshot ({0:?} and {1:?})")]
-    TwoDefaults(String, String),
 }
 
 /// The snapshots served, in configuration order. The default snapshot answers `/disk`,

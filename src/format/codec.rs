@@ -73,6 +73,23 @@ pub fn check_crc(stored: &[u8], expected: u32) -> Result<(), CodecError> {
     }
 }
 
+/// An archive's Zstd dictionary, parsed once when the archive opens (hexz-format.md §8): decoding
+/// a block then only references it instead of loading the dictionary again.
+pub struct Dictionary(zstd::dict::DecoderDictionary<'static>);
+
+impl Dictionary {
+    /// Prepares raw dictionary bytes.
+    pub fn new(bytes: &[u8]) -> Dictionary {
+        Dictionary(zstd::dict::DecoderDictionary::copy(bytes))
+    }
+}
+
+impl std::fmt::Debug for Dictionary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dictionary { .. }")
+    }
+}
+
 /// Per-thread codec state: Zstd contexts are expensive to create, so each worker keeps its own.
 #[derive(Default)]
 pub struct CodecContext {
@@ -94,7 +111,7 @@ impl CodecContext {
         codec: Compression,
         stored: &[u8],
         out: &mut [u8],
-        dictionary: Option<&[u8]>,
+        dictionary: Option<&Dictionary>,
     ) -> Result<(), CodecError> {
         let n = match codec {
             Compression::Lz4 => {
@@ -107,7 +124,7 @@ impl CodecContext {
                     .map_err(|e| CodecError::Lz4(e.to_string()))?
             }
             Compression::Zstd => match dictionary {
-                Some(dict) => zstd::bulk::Decompressor::with_dictionary(dict)
+                Some(dict) => zstd::bulk::Decompressor::with_prepared_dictionary(&dict.0)
                     .and_then(|mut d| d.decompress_to_buffer(stored, out))
                     .map_err(|e| CodecError::Zstd(e.to_string()))?,
                 None => {
@@ -140,7 +157,7 @@ impl CodecContext {
         codec: Compression,
         stored: &[u8],
         logical_len: usize,
-        dictionary: Option<&[u8]>,
+        dictionary: Option<&Dictionary>,
     ) -> Result<Vec<u8>, CodecError> {
         let out = match (codec, dictionary) {
             (Compression::Lz4, _) => {

@@ -93,11 +93,6 @@ impl<W: Write + Seek> ArchiveWriter<W> {
         self.next_block
     }
 
-    /// Current end of the file: where the next stored block will land.
-    pub fn position(&self) -> u64 {
-        self.pos
-    }
-
     /// Opens `stream`, ending the previous one.
     pub fn begin_stream(&mut self, stream: Stream) -> Result<(), WriteError> {
         self.end_stream()?;

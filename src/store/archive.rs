@@ -55,7 +55,7 @@ pub struct Archive {
     index: MasterIndex,
     identity: [u8; 32],
     pub(crate) cipher: Option<BlockCipher>,
-    pub(crate) dictionary: Option<Vec<u8>>,
+    pub(crate) dictionary: Option<crate::format::codec::Dictionary>,
     pub(crate) parents: Vec<Arc<Archive>>,
     /// BLAKE3 → block map over this archive's data blocks, built on first parent lookup
     /// (`None` until then).
@@ -183,7 +183,7 @@ impl Archive {
                 }
                 let mut d = vec![0u8; len as usize];
                 read_exact_at(&file, path, &mut d, off, "read Zstd dictionary")?;
-                Some(d)
+                Some(crate::format::codec::Dictionary::new(&d))
             }
             (None, None) => None,
             _ => {

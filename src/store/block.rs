@@ -49,6 +49,6 @@ pub(crate) fn decode(
         archive.header().compression,
         &stored[..plain_len],
         info.logical_len as usize,
-        archive.dictionary.as_deref(),
+        archive.dictionary.as_ref(),
     )?)
 }

@@ -101,9 +101,6 @@ pub enum StoreError {
         offset: u64,
         fault: BlockFault,
     },
-    /// A feature of the archive hexzd does not serve.
-    #[error("{path}: {what} is not supported", path = path.display())]
-    Unsupported { path: PathBuf, what: String },
     /// An encrypted archive was opened without a password.
     #[error("{path}: encrypted archive needs a password (give --password-file FILE, password_file in the config, or HEXZ_PASSWORD for CLI commands)", path = path.display())]
     NeedsPassword { path: PathBuf },
