@@ -104,6 +104,16 @@ impl std::fmt::Debug for CodecContext {
 }
 
 impl CodecContext {
+    /// This thread's Zstd decompression context, created on first use.
+    fn zstd_decompressor(&mut self) -> Result<&mut zstd::bulk::Decompressor<'static>, CodecError> {
+        match &mut self.zstd_d {
+            Some(d) => Ok(d),
+            slot => Ok(slot.insert(
+                zstd::bulk::Decompressor::new().map_err(|e| CodecError::Zstd(e.to_string()))?,
+            )),
+        }
+    }
+
     /// Decodes `stored` (already CRC-checked and decrypted) into `out`, which must be exactly
     /// `logical_len` long. `dictionary` is the archive's Zstd dictionary, if it has one.
     pub fn decompress(
@@ -127,17 +137,10 @@ impl CodecContext {
                 Some(dict) => zstd::bulk::Decompressor::with_prepared_dictionary(&dict.0)
                     .and_then(|mut d| d.decompress_to_buffer(stored, out))
                     .map_err(|e| CodecError::Zstd(e.to_string()))?,
-                None => {
-                    let d = match &mut self.zstd_d {
-                        Some(d) => d,
-                        slot => slot.insert(
-                            zstd::bulk::Decompressor::new()
-                                .map_err(|e| CodecError::Zstd(e.to_string()))?,
-                        ),
-                    };
-                    d.decompress_to_buffer(stored, out)
-                        .map_err(|e| CodecError::Zstd(e.to_string()))?
-                }
+                None => self
+                    .zstd_decompressor()?
+                    .decompress_to_buffer(stored, out)
+                    .map_err(|e| CodecError::Zstd(e.to_string()))?,
             },
         };
         if n != out.len() {
@@ -174,15 +177,9 @@ impl CodecContext {
                 return Ok(out);
             }
             (Compression::Zstd, None) => {
-                let d = match &mut self.zstd_d {
-                    Some(d) => d,
-                    slot => slot.insert(
-                        zstd::bulk::Decompressor::new()
-                            .map_err(|e| CodecError::Zstd(e.to_string()))?,
-                    ),
-                };
                 let mut out = Vec::with_capacity(logical_len);
-                d.decompress_to_buffer(stored, &mut out)
+                self.zstd_decompressor()?
+                    .decompress_to_buffer(stored, &mut out)
                     .map_err(|e| CodecError::Zstd(e.to_string()))?;
                 out
             }

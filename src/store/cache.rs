@@ -90,6 +90,23 @@ struct Shard<K: Hash + Eq, V, E> {
     pending: HashMap<K, Arc<Pending<V, E>>>,
 }
 
+impl<K: Hash + Eq, V, E> Shard<K, V, E> {
+    /// Caches `value` at `cost` bytes, then evicts least recently used entries until the shard
+    /// fits in `capacity` again.
+    fn put(&mut self, key: K, value: V, cost: usize, capacity: usize) {
+        if let Some((_, old)) = self.lru.put(key, (value, cost)) {
+            self.bytes -= old;
+        }
+        self.bytes += cost;
+        while self.bytes > capacity {
+            match self.lru.pop_lru() {
+                Some((_, (_, c))) => self.bytes -= c,
+                None => break,
+            }
+        }
+    }
+}
+
 /// The cache. `V` is cheap to clone (an `Arc`); `weight` gives its size in bytes.
 pub struct ShardedCache<K: Hash + Eq, V, E> {
     shards: Box<[Mutex<Shard<K, V, E>>]>,
@@ -199,16 +216,7 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone> ShardedCache<K, V, E> {
             let cost = weight + ENTRY_OVERHEAD;
             if let Ok(v) = &result {
                 if cost <= self.shard_capacity {
-                    if let Some((_, old)) = shard.lru.put(key.clone(), (v.clone(), cost)) {
-                        shard.bytes -= old;
-                    }
-                    shard.bytes += cost;
-                    while shard.bytes > self.shard_capacity {
-                        match shard.lru.pop_lru() {
-                            Some((_, (_, c))) => shard.bytes -= c,
-                            None => break,
-                        }
-                    }
+                    shard.put(key.clone(), v.clone(), cost, self.shard_capacity);
                 }
             }
         }
@@ -221,17 +229,7 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone> ShardedCache<K, V, E> {
         if cost > self.shard_capacity {
             return;
         }
-        let mut shard = lock(self.shard(&key));
-        if let Some((_, old)) = shard.lru.put(key, (value, cost)) {
-            shard.bytes -= old;
-        }
-        shard.bytes += cost;
-        while shard.bytes > self.shard_capacity {
-            match shard.lru.pop_lru() {
-                Some((_, (_, c))) => shard.bytes -= c,
-                None => break,
-            }
-        }
+        lock(self.shard(&key)).put(key, value, cost, self.shard_capacity);
     }
 
     /// Bytes currently held (including per-entry overhead).
