@@ -42,6 +42,20 @@ fn every_stream() -> &'static [(String, Vec<u8>)] {
     })
 }
 
+/// True if curl is installed. Otherwise the test prints SKIP and returns, unless
+/// `HEXZD_REQUIRE_TOOLS=1` (as CI sets it), where a missing client is a failure.
+fn curl_installed() -> bool {
+    if have("curl") {
+        return true;
+    }
+    assert!(
+        std::env::var("HEXZD_REQUIRE_TOOLS").as_deref() != Ok("1"),
+        "curl is required and HEXZD_REQUIRE_TOOLS=1"
+    );
+    eprintln!("SKIP: curl is not installed");
+    false
+}
+
 fn server(kind: Kind) -> Box<dyn Target> {
     let archives: Vec<_> = all_fixtures().into_iter().map(|f| f.0).collect();
     http_support::start(kind, HttpSettings::default(), &archives)
@@ -63,12 +77,7 @@ impl Rng {
 }
 
 fn whole_streams_through_curl_equal_the_raw_inputs(kind: Kind) {
-    if !have("curl") {
-        assert!(
-            std::env::var("HEXZD_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "curl is required and HEXZD_REQUIRE_TOOLS=1"
-        );
-        eprintln!("SKIP: curl is not installed");
+    if !curl_installed() {
         return;
     }
     assert!(have("curl"), "curl is required (apt-get install curl)");
@@ -140,12 +149,7 @@ fn thousands_of_random_ranges_equal_the_raw_inputs(kind: Kind) {
 }
 
 fn curl_range_sample_equals_the_raw_inputs(kind: Kind) {
-    if !have("curl") {
-        assert!(
-            std::env::var("HEXZD_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "curl is required and HEXZD_REQUIRE_TOOLS=1"
-        );
-        eprintln!("SKIP: curl is not installed");
+    if !curl_installed() {
         return;
     }
     assert!(have("curl"), "curl is required (apt-get install curl)");
