@@ -7,13 +7,48 @@ use super::pool::Scratch;
 use crate::format::codec::check_crc;
 use crate::format::{BlockInfo, MAX_BLOCK_LEN, MAX_STORED_LEN};
 
-/// Decodes the data block `info` (global index `index`) of `archive`.
+/// Decodes the data block `info` (global index `index`) of `archive` into a new vector.
 pub(crate) fn decode(
     archive: &Archive,
     info: &BlockInfo,
     index: u64,
     scratch: &mut Scratch,
 ) -> Result<Vec<u8>, BlockFault> {
+    let plain_len = load(archive, info, index, scratch)?;
+    Ok(scratch.codec.decompress_to_vec(
+        archive.header().compression,
+        &scratch.stored[..plain_len],
+        info.logical_len as usize,
+        archive.dictionary.as_ref(),
+    )?)
+}
+
+/// Decodes the data block `info` straight into `out`, which is exactly `logical_len` long:
+/// a reader decoding a block its read covers whole saves the copy out of a block buffer.
+pub(crate) fn decode_into(
+    archive: &Archive,
+    info: &BlockInfo,
+    index: u64,
+    scratch: &mut Scratch,
+    out: &mut [u8],
+) -> Result<(), BlockFault> {
+    let plain_len = load(archive, info, index, scratch)?;
+    Ok(scratch.codec.decompress(
+        archive.header().compression,
+        &scratch.stored[..plain_len],
+        out,
+        archive.dictionary.as_ref(),
+    )?)
+}
+
+/// Checks the entry's bounds, reads its stored bytes into `scratch.stored`, checks the CRC
+/// and decrypts in place. Returns the length of the plaintext at the start of the buffer.
+fn load(
+    archive: &Archive,
+    info: &BlockInfo,
+    index: u64,
+    scratch: &mut Scratch,
+) -> Result<usize, BlockFault> {
     if archive.locked() {
         return Err(BlockFault::Locked);
     }
@@ -41,14 +76,8 @@ pub(crate) fn decode(
         .read_stored(info.offset, stored)
         .map_err(|e| BlockFault::Io(std::sync::Arc::new(e)))?;
     check_crc(stored, info.checksum)?;
-    let plain_len = match &archive.cipher {
+    Ok(match &archive.cipher {
         Some(cipher) => cipher.decrypt_in_place(index, stored)?,
         None => stored.len(),
-    };
-    Ok(scratch.codec.decompress_to_vec(
-        archive.header().compression,
-        &stored[..plain_len],
-        info.logical_len as usize,
-        archive.dictionary.as_ref(),
-    )?)
+    })
 }

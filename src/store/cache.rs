@@ -60,6 +60,11 @@ impl<V: Clone, E: Clone> Pending<V, E> {
         }
     }
 
+    /// Whether any reader waits for this load.
+    fn has_waiters(&self) -> bool {
+        !lock(&self.state).waiters.is_empty()
+    }
+
     fn finish(&self, result: Result<V, E>) {
         let waiters = {
             let mut st = lock(&self.state);
@@ -196,6 +201,23 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone> ShardedCache<K, V, E> {
         Lookup::Owner(p)
     }
 
+    /// Like [`get_or_wait`](Self::get_or_wait), but an owner is not registered as a waiter on
+    /// its own load: a reader that decodes a block itself, straight into its buffer, ends the
+    /// load with [`complete_with`](Self::complete_with) and needs no notice.
+    pub fn get_or_claim(&self, key: &K, tx: &Sender<Notice<V, E>>, tag: usize) -> Lookup<V, E> {
+        let mut shard = lock(self.shard(key));
+        if let Some((v, _)) = shard.lru.get(key) {
+            return Lookup::Hit(v.clone());
+        }
+        if let Some(p) = shard.pending.get(key) {
+            p.wait(tx.clone(), tag);
+            return Lookup::Waiting;
+        }
+        let p = Arc::new(Pending::new());
+        shard.pending.insert(key.clone(), Arc::clone(&p));
+        Lookup::Owner(p)
+    }
+
     /// Starts a load unless the key is cached or already loading (prefetch). Returns the
     /// pending handle when the caller became the owner.
     pub fn claim(&self, key: &K) -> Option<Arc<Pending<V, E>>> {
@@ -221,6 +243,29 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone> ShardedCache<K, V, E> {
             }
         }
         pending.finish(result);
+    }
+
+    /// Ends the owner's load when the value may be wanted by nobody: `make` builds it only if
+    /// it will be cached or a reader waits for it. With the cache off, a block that one reader
+    /// decoded into its own buffer is then never copied.
+    pub fn complete_with(
+        &self,
+        key: &K,
+        pending: &Pending<V, E>,
+        result: Result<(), E>,
+        weight: usize,
+        make: impl FnOnce() -> V,
+    ) {
+        if result.is_ok() && weight + ENTRY_OVERHEAD > self.shard_capacity {
+            let mut shard = lock(self.shard(key));
+            // Waiters register under the shard lock, so none can arrive between this check
+            // and the removal.
+            if !pending.has_waiters() {
+                shard.pending.remove(key);
+                return;
+            }
+        }
+        self.complete(key, pending, result.map(|()| make()), weight);
     }
 
     /// Inserts a value loaded outside the pending protocol (index pages).
@@ -296,6 +341,37 @@ mod tests {
         }
         assert!(c.used() <= c.capacity());
         assert!(c.len() > 50, "{}", c.len());
+    }
+
+    #[test]
+    fn complete_with_builds_the_value_only_when_wanted() {
+        let off = C::new(0);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let Lookup::Owner(p) = off.get_or_claim(&1, &tx, 0) else {
+            panic!("expected owner")
+        };
+        off.complete_with(&1, &p, Ok(()), 4, || unreachable!("nobody wants it"));
+        assert!(rx.try_recv().is_err(), "an owner is not its own waiter");
+        // The load is over: the next reader owns a new one.
+        let Lookup::Owner(p) = off.get_or_claim(&1, &tx, 0) else {
+            panic!("expected owner")
+        };
+        let (tx2, rx2) = crossbeam_channel::unbounded();
+        assert!(matches!(off.get_or_claim(&1, &tx2, 7), Lookup::Waiting));
+        off.complete_with(&1, &p, Ok(()), 4, || Arc::new(vec![9; 4]));
+        assert_eq!(rx2.recv().unwrap(), (7, Ok(Arc::new(vec![9; 4]))));
+
+        let on = C::new(64 << 20);
+        let Lookup::Owner(p) = on.get_or_claim(&2, &tx, 0) else {
+            panic!("expected owner")
+        };
+        on.complete_with(&2, &p, Ok(()), 4, || Arc::new(vec![1; 4]));
+        assert_eq!(on.get(&2), Some(Arc::new(vec![1; 4])));
+        let Lookup::Owner(p) = on.get_or_claim(&3, &tx, 0) else {
+            panic!("expected owner")
+        };
+        on.complete_with(&3, &p, Err("bad".to_string()), 4, || unreachable!());
+        assert!(on.get(&3).is_none());
     }
 
     #[test]

@@ -3,111 +3,234 @@
 //! copied into the caller's buffer as they arrive.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crossbeam_channel::Sender;
 
 use super::BlockFault;
 use super::archive::Archive;
-use super::block::decode;
-use super::cache::{Lookup, Pending};
+use super::block::{decode, decode_into};
+use super::cache::{Lookup, Notice, Pending};
 use super::engine::{BlockCache, BlockData, BlockKey, StoreMetrics};
+use super::pool::Scratch;
 use super::snapshot::{Copy, Target};
 use super::{Snapshot, StoreError, Stream};
 use crate::format::BlockInfo;
 
+/// The missing blocks of one read, shared by the reading thread and the pool jobs that help
+/// it. Whoever takes the next index from `next` looks the block up and, if nobody else is
+/// loading it, decodes it: the reader straight into its own buffer, a worker into a block
+/// buffer that it sends to the reader (and the cache).
+struct Batch {
+    stream: Stream,
+    misses: Vec<Copy>,
+    /// Next index of `misses` nobody has taken yet.
+    next: AtomicUsize,
+    /// Set when the read ended early (an error): jobs then take no more indices, so no block
+    /// is claimed that nobody needs.
+    stop: AtomicBool,
+    /// The reader's notices: `(index, block)` for every index a worker took or that another
+    /// reader was already loading.
+    tx: Sender<Notice<BlockData, StoreError>>,
+    cache: Arc<BlockCache>,
+    metrics: Arc<StoreMetrics>,
+}
+
+impl Batch {
+    /// Takes the next index, or `None` when every index is taken or the read has ended.
+    fn take(&self) -> Option<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        (i < self.misses.len()).then_some(i)
+    }
+
+    /// One pool job: takes one index and loads that block for the reader. A job that finds
+    /// every index taken (the reader decoded them itself) does nothing.
+    fn work(&self, scratch: &mut Scratch) {
+        let Some(i) = self.take() else {
+            return;
+        };
+        let t = &self.misses[i].target;
+        match self.cache.get_or_wait(&t.key(), &self.tx, i) {
+            Lookup::Hit(block) => {
+                StoreMetrics::add(&self.metrics.cache_hits, 1);
+                // The reader may have returned early; then nobody needs the block.
+                let _ = self.tx.send((i, Ok(block)));
+            }
+            // The reader is registered; the loading thread will tell it.
+            Lookup::Waiting => StoreMetrics::add(&self.metrics.cache_misses, 1),
+            Lookup::Owner(pending) => {
+                StoreMetrics::add(&self.metrics.cache_misses, 1);
+                Claim::new(self.stream, t, pending, &self.cache, &self.metrics).run(scratch);
+            }
+        }
+    }
+}
+
+/// Sets the batch's stop flag when the read returns, however it returns.
+struct StopOnDrop<'a>(&'a Batch);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Snapshot {
-    /// Fetches the missing blocks: joins loads already in flight, decodes the others on the
-    /// pool, and copies each block as soon as it arrives.
+    /// Fetches the missing blocks of a read. The reading thread and pool jobs take the blocks
+    /// one by one from a shared list ([`Batch`]); the reader decodes the blocks it takes
+    /// straight into `buf` and copies the others as their notices arrive.
     ///
-    /// At most [`Engine::read_window`] of this read's own decodes are queued at once, and
-    /// more are claimed only as those complete: a 32 MiB cold read then keeps every worker
-    /// busy without putting 512 jobs ahead of other clients' reads in the shared FIFO.
-    /// Blocks are claimed only when submitted, so returning early on an error never leaves
-    /// a claimed block that nobody will decode.
+    /// At most [`Engine::read_window`] jobs of this read wait in the pool queue at once; a new
+    /// one is queued only as a worker's block arrives. A 32 MiB cold read then keeps every
+    /// worker busy without putting 512 jobs ahead of other clients' reads in the shared FIFO.
+    /// Blocks are claimed only when taken, so returning early on an error never leaves a
+    /// claimed block that nobody will decode.
+    ///
+    /// The reader decodes only while it holds one of the pool's few helper slots (see
+    /// [`Pool::start_helping`](super::pool::Pool::start_helping)); otherwise it sleeps until
+    /// the workers are done.
     pub(super) fn fill_misses(
         &self,
         stream: Stream,
         buf: &mut [u8],
-        misses: &[Copy],
+        misses: Vec<Copy>,
     ) -> Result<(), StoreError> {
-        let metrics = &self.engine.metrics;
-        let cache = &self.engine.blocks;
-        let window = self.engine.read_window();
+        let total = misses.len();
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut owned = vec![false; misses.len()];
-        let (mut outstanding, mut owned_in_flight) = (0usize, 0usize);
-        let mut next = 0usize;
+        let batch = Arc::new(Batch {
+            stream,
+            misses,
+            next: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            tx,
+            cache: Arc::clone(&self.engine.blocks),
+            metrics: Arc::clone(&self.engine.metrics),
+        });
+        let _stop = StopOnDrop(&batch);
         let mut helper = HelperScratch {
             pool: &self.engine.pool,
-            scratch: None,
+            scratch: self.engine.pool.start_helping(),
         };
-        let helper = &mut helper.scratch;
-        let mut tried_helping = false;
-        loop {
-            while next < misses.len() && owned_in_flight < window {
-                let (tag, m) = (next, &misses[next]);
-                next += 1;
-                match cache.get_or_wait(&m.target.key(), &tx, tag) {
-                    Lookup::Hit(block) => {
-                        StoreMetrics::add(&metrics.cache_hits, 1);
-                        self.copy_out(
-                            stream,
-                            &m.target,
-                            &block,
-                            m.skip,
-                            &mut buf[m.dst..m.dst + m.len],
-                        )?;
-                    }
-                    Lookup::Waiting => {
-                        StoreMetrics::add(&metrics.cache_misses, 1);
-                        outstanding += 1;
-                    }
-                    Lookup::Owner(pending) => {
-                        StoreMetrics::add(&metrics.cache_misses, 1);
-                        outstanding += 1;
-                        owned_in_flight += 1;
-                        owned[tag] = true;
-                        self.submit(stream, &m.target, pending);
-                    }
+        // A helping reader takes at least one block itself: a one-block read then costs no
+        // job and no wake-up.
+        let own = usize::from(helper.scratch.is_some());
+        let mut queued = 0usize;
+        for _ in 0..self.engine.read_window().min(total - own) {
+            self.queue_job(&batch);
+            queued += 1;
+        }
+        let mut done = 0usize;
+        // Decode here while indices are left, collecting the workers' blocks in between.
+        if let Some(scratch) = helper.scratch.as_mut() {
+            while let Some(i) = batch.take() {
+                if self.fill_one(&batch, i, buf, scratch)? {
+                    done += 1;
+                }
+                while let Ok(notice) = rx.try_recv() {
+                    self.take_notice(&batch, notice, buf, &mut queued)?;
+                    done += 1;
                 }
             }
-            if outstanding == 0 {
-                return Ok(());
-            }
-            // Rather than sleep until a worker finishes, run queued decodes here (ours or
-            // another reader's) if a helper slot is free. Sleep when the queue is empty or
-            // enough threads already help.
-            let notice = loop {
-                if let Ok(n) = rx.try_recv() {
-                    break Some(n);
-                }
-                if !tried_helping {
-                    tried_helping = true;
-                    *helper = self.engine.pool.start_helping();
-                }
-                let Some(scratch) = helper.as_mut() else {
-                    break None;
-                };
-                if !self.engine.pool.try_run_one(scratch) {
-                    break None;
-                }
-            };
-            // We hold `tx`, and every load completes (a drop guard covers panics), so the
-            // blocking receive cannot wait forever or disconnect.
-            let Some((tag, result)) = notice.or_else(|| rx.recv().ok()) else {
+        }
+        drop(helper);
+        while done < total {
+            // The batch holds `tx`, and every load completes (drop guards cover panics), so
+            // this receive cannot wait forever or disconnect.
+            let Ok(notice) = rx.recv() else {
                 return Err(self.block_error(&self.archive, stream, 0, 0, BlockFault::Internal));
             };
-            outstanding -= 1;
-            if owned[tag] {
-                owned_in_flight -= 1;
+            self.take_notice(&batch, notice, buf, &mut queued)?;
+            done += 1;
+        }
+        Ok(())
+    }
+
+    /// Queues one job of `batch` on the pool.
+    fn queue_job(&self, batch: &Arc<Batch>) {
+        let batch = Arc::clone(batch);
+        self.engine
+            .pool
+            .submit(Box::new(move |scratch| batch.work(scratch)));
+    }
+
+    /// Copies a block a notice brought, and queues another job while the batch has blocks
+    /// no job has been queued for.
+    fn take_notice(
+        &self,
+        batch: &Arc<Batch>,
+        (i, result): Notice<BlockData, StoreError>,
+        buf: &mut [u8],
+        queued: &mut usize,
+    ) -> Result<(), StoreError> {
+        if *queued < batch.misses.len() && batch.next.load(Ordering::Relaxed) < batch.misses.len() {
+            self.queue_job(batch);
+            *queued += 1;
+        }
+        let m = &batch.misses[i];
+        let block = result?;
+        self.copy_out(
+            batch.stream,
+            &m.target,
+            &block,
+            m.skip,
+            &mut buf[m.dst..m.dst + m.len],
+        )
+    }
+
+    /// Loads index `i` on the reading thread. Returns whether it is finished; `false` means
+    /// another thread is loading the block and a notice will follow.
+    fn fill_one(
+        &self,
+        batch: &Batch,
+        i: usize,
+        buf: &mut [u8],
+        scratch: &mut Scratch,
+    ) -> Result<bool, StoreError> {
+        let m = &batch.misses[i];
+        let (t, stream) = (&m.target, batch.stream);
+        let metrics = &self.engine.metrics;
+        let dst = &mut buf[m.dst..m.dst + m.len];
+        let pending = match batch.cache.get_or_claim(&t.key(), &batch.tx, i) {
+            Lookup::Hit(block) => {
+                StoreMetrics::add(&metrics.cache_hits, 1);
+                self.copy_out(stream, t, &block, m.skip, dst)?;
+                return Ok(true);
             }
-            let m = &misses[tag];
-            let block = result?;
-            self.copy_out(
-                stream,
-                &m.target,
-                &block,
-                m.skip,
-                &mut buf[m.dst..m.dst + m.len],
-            )?;
+            Lookup::Waiting => {
+                StoreMetrics::add(&metrics.cache_misses, 1);
+                return Ok(false);
+            }
+            Lookup::Owner(pending) => pending,
+        };
+        StoreMetrics::add(&metrics.cache_misses, 1);
+        let mut claim = Claim::new(stream, t, pending, &batch.cache, metrics);
+        StoreMetrics::add(&metrics.stored_bytes_read, u64::from(t.info.length));
+        let whole = m.skip == 0 && m.len == t.info.logical_len as usize;
+        if whole {
+            // The read covers the block: decode into the caller's buffer, and copy it into a
+            // block buffer only if the cache keeps it or another reader waits for it.
+            match decode_into(&t.archive, &t.info, t.index, scratch, dst) {
+                Ok(()) => {
+                    StoreMetrics::add(&metrics.decompressions, 1);
+                    claim.finish_with(dst.len(), || Arc::new(dst.to_vec()));
+                    Ok(true)
+                }
+                Err(fault) => Err(claim.fail(fault)),
+            }
+        } else {
+            match decode(&t.archive, &t.info, t.index, scratch) {
+                Ok(block) => {
+                    StoreMetrics::add(&metrics.decompressions, 1);
+                    let block = Arc::new(block);
+                    let copied = self.copy_out(stream, t, &block, m.skip, dst);
+                    claim.finish(Ok(block));
+                    copied.map(|()| true)
+                }
+                Err(fault) => Err(claim.fail(fault)),
+            }
         }
     }
 
@@ -136,26 +259,23 @@ impl Snapshot {
         Ok(())
     }
 
+    /// Queues the decode of a claimed block (prefetch).
     pub(super) fn submit(
         &self,
         stream: Stream,
         t: &Target,
         pending: Arc<Pending<BlockData, StoreError>>,
     ) {
-        let job = DecodeJob {
-            archive: Arc::clone(&t.archive),
-            info: t.info,
-            index: t.index,
-            key: t.key(),
+        let claim = Claim::new(
             stream,
-            offset: t.offset,
-            pending: Some(pending),
-            cache: Arc::clone(&self.engine.blocks),
-            metrics: Arc::clone(&self.engine.metrics),
-        };
+            t,
+            pending,
+            &self.engine.blocks,
+            &self.engine.metrics,
+        );
         self.engine
             .pool
-            .submit(Box::new(move |scratch| job.run(scratch)));
+            .submit(Box::new(move |scratch| claim.run(scratch)));
     }
 }
 
@@ -163,7 +283,7 @@ impl Snapshot {
 /// however the read ends.
 struct HelperScratch<'a> {
     pool: &'a super::pool::Pool,
-    scratch: Option<super::pool::Scratch>,
+    scratch: Option<Scratch>,
 }
 
 impl Drop for HelperScratch<'_> {
@@ -174,9 +294,9 @@ impl Drop for HelperScratch<'_> {
     }
 }
 
-/// A decode on a worker. Completing the pending load is guaranteed: if the job is dropped
-/// without running to the end (a panic), its `Drop` reports an internal error to the readers.
-struct DecodeJob {
+/// A load this thread owns. Ending it is guaranteed: if it is dropped unfinished (a panic),
+/// its `Drop` reports an internal error to the waiting readers.
+struct Claim {
     archive: Arc<Archive>,
     info: BlockInfo,
     index: u64,
@@ -188,29 +308,55 @@ struct DecodeJob {
     metrics: Arc<StoreMetrics>,
 }
 
-impl DecodeJob {
-    fn run(mut self, scratch: &mut super::pool::Scratch) {
-        let result = decode(&self.archive, &self.info, self.index, scratch);
-        StoreMetrics::add(&self.metrics.stored_bytes_read, u64::from(self.info.length));
-        let result = match result {
-            Ok(v) => {
-                StoreMetrics::add(&self.metrics.decompressions, 1);
-                Ok(Arc::new(v))
-            }
-            Err(fault) => Err(self.fail(fault)),
-        };
-        self.finish(result);
+impl Claim {
+    fn new(
+        stream: Stream,
+        t: &Target,
+        pending: Arc<Pending<BlockData, StoreError>>,
+        cache: &Arc<BlockCache>,
+        metrics: &Arc<StoreMetrics>,
+    ) -> Claim {
+        Claim {
+            archive: Arc::clone(&t.archive),
+            info: t.info,
+            index: t.index,
+            key: t.key(),
+            stream,
+            offset: t.offset,
+            pending: Some(pending),
+            cache: Arc::clone(cache),
+            metrics: Arc::clone(metrics),
+        }
     }
 
-    fn fail(&self, fault: BlockFault) -> StoreError {
+    /// Decodes the block into a block buffer and ends the load (on a worker).
+    fn run(mut self, scratch: &mut Scratch) {
+        let result = decode(&self.archive, &self.info, self.index, scratch);
+        StoreMetrics::add(&self.metrics.stored_bytes_read, u64::from(self.info.length));
+        match result {
+            Ok(v) => {
+                StoreMetrics::add(&self.metrics.decompressions, 1);
+                self.finish(Ok(Arc::new(v)));
+            }
+            Err(fault) => {
+                self.fail(fault);
+            }
+        }
+    }
+
+    /// Ends the load with the error of `fault`, counted and logged by the caller's plane,
+    /// and returns that error.
+    fn fail(&mut self, fault: BlockFault) -> StoreError {
         StoreMetrics::add(&self.metrics.block_errors, 1);
-        StoreError::Block {
+        let e = StoreError::Block {
             path: self.archive.path().to_path_buf(),
             stream: self.stream,
             block: self.index,
             offset: self.offset,
             fault,
-        }
+        };
+        self.finish(Err(e.clone()));
+        e
     }
 
     fn finish(&mut self, result: Result<BlockData, StoreError>) {
@@ -219,13 +365,21 @@ impl DecodeJob {
             self.cache.complete(&self.key, &p, result, weight);
         }
     }
+
+    /// Ends a successful load whose bytes are in the reader's buffer: `make` copies them into
+    /// a block buffer only if the cache keeps it or another reader waits.
+    fn finish_with(&mut self, weight: usize, make: impl FnOnce() -> BlockData) {
+        if let Some(p) = self.pending.take() {
+            self.cache
+                .complete_with(&self.key, &p, Ok(()), weight, make);
+        }
+    }
 }
 
-impl Drop for DecodeJob {
+impl Drop for Claim {
     fn drop(&mut self) {
         if self.pending.is_some() {
-            let e = self.fail(BlockFault::Internal);
-            self.finish(Err(e));
+            self.fail(BlockFault::Internal);
         }
     }
 }

@@ -355,7 +355,7 @@ impl Snapshot {
             }
         }
         if !misses.is_empty() {
-            self.fill_misses(stream, buf, &misses)?;
+            self.fill_misses(stream, buf, misses)?;
         }
         Ok(n)
     }
