@@ -308,6 +308,56 @@ fn ceiling(file: &[u8], entries: &[BlockInfo], threads: usize) -> Result<Duratio
     Ok(start.elapsed())
 }
 
+/// The I/O bound: the ceiling plus the work `read_at` cannot skip, with none of its
+/// coordination. Each thread `pread`s every stored block of its static share into a reused
+/// buffer, checks its CRC and decodes it into a per-thread buffer. The gap between this and
+/// the ceiling is the cost of reading through the page cache rather than from memory.
+fn io_bound(path: &Path, entries: &[BlockInfo], threads: usize) -> Result<Duration, BoxError> {
+    let file = File::open(path)?;
+    let max = entries
+        .iter()
+        .map(|e| e.logical_len as usize)
+        .max()
+        .unwrap_or(0);
+    let chunk = entries.len().div_ceil(threads).max(1);
+    let start = Instant::now();
+    std::thread::scope(|s| -> Result<(), BoxError> {
+        let handles: Vec<_> = entries
+            .chunks(chunk)
+            .map(|part| {
+                let file = &file;
+                s.spawn(move || -> Result<(), BoxError> {
+                    let mut out = vec![0u8; max];
+                    let mut stored = Vec::new();
+                    for e in part {
+                        let out = &mut out[..e.logical_len as usize];
+                        if e.kind() == BlockKind::Data {
+                            stored.resize(e.length as usize, 0);
+                            file.read_exact_at(&mut stored, e.offset)?;
+                            if hexzd::format::codec::crc32(&stored) != e.checksum {
+                                return Err("I/O bound: CRC mismatch".into());
+                            }
+                            let n = lz4_flex::block::decompress_into(&stored[4..], out)?;
+                            if n != out.len() {
+                                return Err("I/O bound: short block".into());
+                            }
+                        } else {
+                            out.fill(0);
+                        }
+                        black_box(&mut *out);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| "I/O bound thread panicked")??;
+        }
+        Ok(())
+    })?;
+    Ok(start.elapsed())
+}
+
 /// Sections 2 and 3: the ceiling and cold sequential reads, interleaved run by run so that
 /// load from other processes hits them alike. `HEXZD_BENCH_ONLY=cold-ceiling`, `cold-nocache`
 /// or `cold-cache` runs one of them alone (for a profiler).
@@ -329,7 +379,8 @@ fn cold_section(
         cache_bytes: 32 << 20,
         ..EngineConfig::default()
     };
-    let (mut ceil, mut ceil1, mut off, mut on, mut big, mut evict) = (
+    let (mut ceil, mut ceil1, mut io, mut off, mut on, mut big, mut evict) = (
+        Stat::default(),
         Stat::default(),
         Stat::default(),
         Stat::default(),
@@ -341,6 +392,7 @@ fn cold_section(
         if all || cfg.runs("cold-ceiling") {
             ceil.push(mbps(stream_bytes, ceiling(file_bytes, entries, cores)?));
             ceil1.push(mbps(stream_bytes, ceiling(file_bytes, entries, 1)?));
+            io.push(mbps(stream_bytes, io_bound(lz4, entries, cores)?));
         }
         if all || cfg.runs("cold-nocache") {
             off.push(cold_seq(lz4, no_cache, None)?.mbps);
@@ -372,6 +424,18 @@ fn cold_section(
             ceil.median() / ceil1.median(),
             None,
         ));
+        sum.add(row(
+            &format!("I/O bound: pread + CRC + decode, {cores} threads, static split"),
+            io.max(),
+            io.median(),
+            "MB/s",
+        ));
+        sum.add(ratio_row(
+            "  ratio to ceiling (the most read_at could reach)",
+            io.max() / ceil.max(),
+            io.median() / ceil.median(),
+            None,
+        ));
     }
     let runs = [
         (
@@ -399,6 +463,14 @@ fn cold_section(
                 stat.max() / ceil.max(),
                 stat.median() / ceil.median(),
                 Some(0.85),
+            ));
+        }
+        if io.max() > 0.0 {
+            sum.add(ratio_row(
+                "  ratio to I/O bound",
+                stat.max() / io.max(),
+                stat.median() / io.median(),
+                None,
             ));
         }
     }

@@ -36,8 +36,7 @@ fn helper_slots(workers: usize) -> usize {
 #[derive(Debug)]
 pub struct Pool {
     tx: Option<Sender<Job>>,
-    /// The queue's receiving end, kept so that a thread waiting for its own jobs can run
-    /// queued jobs itself instead of sleeping ([`Pool::try_run_one`]).
+    /// The queue's receiving end, kept to count the jobs waiting ([`Pool::queued`]).
     rx: Receiver<Job>,
     workers: Vec<JoinHandle<()>>,
     /// Scratch states lent to helping threads, so helping allocates no codec contexts. Its
@@ -89,28 +88,12 @@ impl Pool {
         self.workers.len()
     }
 
-    /// Runs one queued job on the calling thread, if there is one. A reader waiting for its
-    /// blocks calls this instead of sleeping: on a machine with few cores the reading thread
-    /// then decodes alongside the workers rather than competing with them for wake-ups.
-    pub fn try_run_one(&self, scratch: &mut Scratch) -> bool {
-        match self.rx.try_recv() {
-            Ok(job) => {
-                if catch_unwind(AssertUnwindSafe(|| job(scratch))).is_err() {
-                    log::error!("a decompression job panicked on a helping thread");
-                    *scratch = Scratch::default();
-                }
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// Takes one of the few helper slots: `Some(scratch)` lets the caller run queued jobs with
-    /// [`Pool::try_run_one`] while it waits; `None` means enough threads already help and the
-    /// caller should sleep. Helping pays when one reader streams alone (its thread decodes
-    /// instead of waking once per block); with many readers every helper would compete with
-    /// the workers for the same cores and readers would convoy behind preempted helpers, so
-    /// only `max(1, workers / 2)` threads help at a time. Give the slot back with
+    /// Takes one of the few helper slots: `Some(scratch)` lets a reader decode blocks of its
+    /// own read on its thread, beside the workers; `None` means enough threads already help and
+    /// the reader should leave its blocks to the workers and sleep. Helping pays when one
+    /// reader streams alone (its thread decodes straight into its buffer instead of waking once
+    /// per block); with many readers every helper would compete with the workers for the same
+    /// cores, so only `max(1, workers / 2)` threads help at a time. Give the slot back with
     /// [`Pool::stop_helping`].
     pub fn start_helping(&self) -> Option<Scratch> {
         self.spare

@@ -1,6 +1,7 @@
-//! The miss path of `Snapshot::read_at`: blocks not in the cache are claimed, decoded on the
-//! worker pool (and, while a reader waits, on its own thread when a helper slot is free), and
-//! copied into the caller's buffer as they arrive.
+//! The miss path of `Snapshot::read_at`. The blocks a read misses are shared between pool jobs
+//! and the reading thread: whoever takes a block claims it (or joins the load already in
+//! flight) and decodes it. The reader, when it holds a helper slot, decodes whole blocks
+//! straight into the caller's buffer; the workers' blocks are copied in as they arrive.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
