@@ -266,81 +266,30 @@ pub(crate) fn indexed_entries(path: &Path) -> Result<Vec<(u64, BlockInfo)>, BoxE
     Ok(out)
 }
 
-/// The lz4_flex ceiling: every entry decoded from memory on `threads` threads (contiguous
-/// static split), no cache, no I/O, no CRC, no allocation.
-fn ceiling(file: &[u8], entries: &[BlockInfo], threads: usize) -> Result<Duration, BoxError> {
+/// Runs `block` over every entry on `threads` threads (contiguous static split), each with
+/// its own output buffer of the largest logical length, and returns the wall time.
+fn static_split<F>(entries: &[BlockInfo], threads: usize, block: F) -> Result<Duration, BoxError>
+where
+    F: Fn(&BlockInfo, &mut [u8], &mut Vec<u8>) -> Result<(), BoxError> + Sync,
+{
     let max = entries
         .iter()
         .map(|e| e.logical_len as usize)
         .max()
         .unwrap_or(0);
     let chunk = entries.len().div_ceil(threads).max(1);
+    let block = &block;
     let start = Instant::now();
     std::thread::scope(|s| -> Result<(), BoxError> {
         let handles: Vec<_> = entries
             .chunks(chunk)
             .map(|part| {
                 s.spawn(move || -> Result<(), BoxError> {
-                    let mut scratch = vec![0u8; max];
-                    for e in part {
-                        let out = &mut scratch[..e.logical_len as usize];
-                        if e.kind() == BlockKind::Data {
-                            let off = usize::try_from(e.offset)?;
-                            let stored = &file[off + 4..off + e.length as usize];
-                            let n = lz4_flex::block::decompress_into(stored, out)?;
-                            if n != out.len() {
-                                return Err("ceiling: short block".into());
-                            }
-                        } else {
-                            out.fill(0);
-                        }
-                        black_box(&mut scratch);
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join().map_err(|_| "ceiling thread panicked")??;
-        }
-        Ok(())
-    })?;
-    Ok(start.elapsed())
-}
-
-/// The I/O bound: the ceiling plus the work `read_at` cannot skip, with none of its
-/// coordination. Each thread `pread`s every stored block of its static share into a reused
-/// buffer, checks its CRC and decodes it into a per-thread buffer. The gap between this and
-/// the ceiling is the cost of reading through the page cache rather than from memory.
-fn io_bound(path: &Path, entries: &[BlockInfo], threads: usize) -> Result<Duration, BoxError> {
-    let file = File::open(path)?;
-    let max = entries
-        .iter()
-        .map(|e| e.logical_len as usize)
-        .max()
-        .unwrap_or(0);
-    let chunk = entries.len().div_ceil(threads).max(1);
-    let start = Instant::now();
-    std::thread::scope(|s| -> Result<(), BoxError> {
-        let handles: Vec<_> = entries
-            .chunks(chunk)
-            .map(|part| {
-                let file = &file;
-                s.spawn(move || -> Result<(), BoxError> {
-                    let mut out = vec![0u8; max];
-                    let mut stored = Vec::new();
+                    let (mut out, mut stored) = (vec![0u8; max], Vec::new());
                     for e in part {
                         let out = &mut out[..e.logical_len as usize];
                         if e.kind() == BlockKind::Data {
-                            stored.resize(e.length as usize, 0);
-                            file.read_exact_at(&mut stored, e.offset)?;
-                            if hexzd::format::codec::crc32(&stored) != e.checksum {
-                                return Err("I/O bound: CRC mismatch".into());
-                            }
-                            let n = lz4_flex::block::decompress_into(&stored[4..], out)?;
-                            if n != out.len() {
-                                return Err("I/O bound: short block".into());
-                            }
+                            block(e, out, &mut stored)?;
                         } else {
                             out.fill(0);
                         }
@@ -351,11 +300,48 @@ fn io_bound(path: &Path, entries: &[BlockInfo], threads: usize) -> Result<Durati
             })
             .collect();
         for h in handles {
-            h.join().map_err(|_| "I/O bound thread panicked")??;
+            h.join().map_err(|_| "static split thread panicked")??;
         }
         Ok(())
     })?;
     Ok(start.elapsed())
+}
+
+/// Decodes LZ4 `stored` (size prefix included) into `out`, which it must fill exactly.
+fn lz4_exact(stored: &[u8], out: &mut [u8]) -> Result<(), BoxError> {
+    let body = stored
+        .get(4..)
+        .ok_or("stored block shorter than its size prefix")?;
+    let n = lz4_flex::block::decompress_into(body, out)?;
+    if n != out.len() {
+        return Err("short block".into());
+    }
+    Ok(())
+}
+
+/// The lz4_flex ceiling: every entry decoded from memory on `threads` threads (contiguous
+/// static split), no cache, no I/O, no CRC, no allocation.
+fn ceiling(file: &[u8], entries: &[BlockInfo], threads: usize) -> Result<Duration, BoxError> {
+    static_split(entries, threads, |e, out, _| {
+        let off = usize::try_from(e.offset)?;
+        lz4_exact(&file[off..off + e.length as usize], out)
+    })
+}
+
+/// The I/O bound: the ceiling plus the work `read_at` cannot skip, with none of its
+/// coordination. Each thread `pread`s every stored block of its static share into a reused
+/// buffer, checks its CRC and decodes it into a per-thread buffer. The gap between this and
+/// the ceiling is the cost of reading through the page cache rather than from memory.
+fn io_bound(path: &Path, entries: &[BlockInfo], threads: usize) -> Result<Duration, BoxError> {
+    let file = File::open(path)?;
+    static_split(entries, threads, |e, out, stored| {
+        stored.resize(e.length as usize, 0);
+        file.read_exact_at(stored, e.offset)?;
+        if hexzd::format::codec::crc32(stored) != e.checksum {
+            return Err("I/O bound: CRC mismatch".into());
+        }
+        lz4_exact(stored, out)
+    })
 }
 
 /// Sections 2 and 3: the ceiling and cold sequential reads, interleaved run by run so that

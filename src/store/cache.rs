@@ -187,24 +187,23 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone> ShardedCache<K, V, E> {
     /// Looks `key` up; on a miss registers the caller (`tx`, `tag`) as a waiter, and makes it the
     /// owner if no load is in flight.
     pub fn get_or_wait(&self, key: &K, tx: &Sender<Notice<V, E>>, tag: usize) -> Lookup<V, E> {
-        let mut shard = lock(self.shard(key));
-        if let Some((v, _)) = shard.lru.get(key) {
-            return Lookup::Hit(v.clone());
-        }
-        if let Some(p) = shard.pending.get(key) {
-            p.wait(tx.clone(), tag);
-            return Lookup::Waiting;
-        }
-        let p = Arc::new(Pending::new());
-        p.wait(tx.clone(), tag);
-        shard.pending.insert(key.clone(), Arc::clone(&p));
-        Lookup::Owner(p)
+        self.lookup(key, tx, tag, true)
     }
 
     /// Like [`get_or_wait`](Self::get_or_wait), but an owner is not registered as a waiter on
     /// its own load: a reader that decodes a block itself, straight into its buffer, ends the
     /// load with [`complete_with`](Self::complete_with) and needs no notice.
     pub fn get_or_claim(&self, key: &K, tx: &Sender<Notice<V, E>>, tag: usize) -> Lookup<V, E> {
+        self.lookup(key, tx, tag, false)
+    }
+
+    fn lookup(
+        &self,
+        key: &K,
+        tx: &Sender<Notice<V, E>>,
+        tag: usize,
+        owner_waits: bool,
+    ) -> Lookup<V, E> {
         let mut shard = lock(self.shard(key));
         if let Some((v, _)) = shard.lru.get(key) {
             return Lookup::Hit(v.clone());
@@ -214,6 +213,9 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone> ShardedCache<K, V, E> {
             return Lookup::Waiting;
         }
         let p = Arc::new(Pending::new());
+        if owner_waits {
+            p.wait(tx.clone(), tag);
+        }
         shard.pending.insert(key.clone(), Arc::clone(&p));
         Lookup::Owner(p)
     }

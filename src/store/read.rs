@@ -119,7 +119,7 @@ impl Snapshot {
         // job and no wake-up.
         let own = usize::from(helper.scratch.is_some());
         let mut queued = 0usize;
-        for _ in 0..self.engine.read_window().min(total - own) {
+        for _ in 0..self.engine.read_window().min(total.saturating_sub(own)) {
             self.queue_job(&batch);
             queued += 1;
         }
@@ -345,8 +345,8 @@ impl Claim {
         }
     }
 
-    /// Ends the load with the error of `fault`, counted and logged by the caller's plane,
-    /// and returns that error.
+    /// Counts `fault` as a block error, ends the load with it (every waiter gets the same
+    /// error) and returns it.
     fn fail(&mut self, fault: BlockFault) -> StoreError {
         StoreMetrics::add(&self.metrics.block_errors, 1);
         let e = StoreError::Block {
