@@ -187,7 +187,7 @@ fn serve(snapshot: &Snapshot, engine: &Engine, max_connections: usize) -> Server
             header_timeout: Duration::from_secs(120),
             ..HttpSettings::default()
         },
-        vec![hexzd::daemon::NamedSnapshot {
+        vec![hexzd::serving::NamedSnapshot {
             name: "bench".into(),
             snapshot: snapshot.clone(),
         }],

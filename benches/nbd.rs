@@ -28,10 +28,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hexzd::daemon::{Catalog, CatalogHandle, Conn, Metrics, NamedSnapshot};
 use hexzd::format::Stream;
 use hexzd::nbd::proto::*;
 use hexzd::nbd::{NbdService, NbdSettings};
+use hexzd::serving::{Catalog, CatalogHandle, Conn, Metrics, NamedSnapshot};
 use hexzd::store::{Engine, EngineConfig, OpenOptions, Snapshot};
 
 const REQUEST: usize = 256 * 1024;

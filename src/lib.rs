@@ -2,8 +2,10 @@
 //! byte ranges and NBD.
 //!
 //! Layers, bottom up (design.md §2): [`format`] is the pure archive format; [`store`] opens
-//! snapshots and answers `read_at`; [`pack`] writes archives; the front ends and the daemon
-//! build on `store` alone. [`cli`] and [`commands`] are the command line.
+//! snapshots and answers `read_at`; [`pack`] writes archives; [`serving`] holds what the front
+//! ends share (the catalog, every name on the wire, connections, metrics); [`http`] and [`nbd`]
+//! are the front ends; [`daemon`] owns the lifecycle of `serve` on top of them. [`cli`] and
+//! [`commands`] are the command line. Imports only ever point down this list.
 
 pub mod cli;
 pub mod commands;
@@ -13,4 +15,5 @@ pub mod http;
 pub mod logging;
 pub mod nbd;
 pub mod pack;
+pub mod serving;
 pub mod store;

@@ -334,7 +334,7 @@ fn read_errors_are_500_before_the_head_and_close_after_it() {
     assert!(body.len() as u64 <= off);
     assert_eq!(body, &data[..body.len()]);
     let m = &srv.metrics.http;
-    assert!(hexzd::daemon::metrics::get(&m.read_errors) >= 2);
+    assert!(hexzd::serving::get(&m.read_errors) >= 2);
     let text = String::from_utf8(get(srv.addr, "/metrics", &[]).body).unwrap();
     assert!(
         text.contains("hexzd_http_corrupt_block_errors_total 2"),
@@ -350,7 +350,7 @@ fn unix_socket_connections_are_served() {
     let svc = std::sync::Arc::clone(&server().service);
     std::thread::spawn(move || {
         let (s, _) = listener.accept().unwrap();
-        svc.serve_connection(hexzd::daemon::Conn::Unix(s));
+        svc.serve_connection(hexzd::serving::Conn::Unix(s));
     });
     let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
     s.write_all(b"GET /disk HTTP/1.1\r\nHost: a\r\nRange: bytes=0-3\r\nConnection: close\r\n\r\n")

@@ -11,13 +11,12 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use super::{CommandError, read_password_file};
 use crate::cli::ServeArgs;
+use crate::daemon::Shutdown;
 use crate::daemon::config::{Config, ConfigError};
 use crate::daemon::listener::{self, AcceptLoop, Handler, Listener, Proto};
-use crate::daemon::{
-    Catalog, CatalogHandle, Metrics, NamedSnapshot, Shutdown, catalog::valid_name,
-};
 use crate::http::{HttpService, HttpSettings};
 use crate::nbd::{NbdService, NbdSettings};
+use crate::serving::{Catalog, CatalogHandle, Metrics, NamedSnapshot, valid_name};
 use crate::store::{Engine, EngineConfig, OpenOptions, Snapshot};
 
 /// How long shutdown waits for open connections to finish.
@@ -307,8 +306,8 @@ pub fn run(args: &ServeArgs) -> Result<(), CommandError> {
     }
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     loop {
-        let open = crate::daemon::metrics::get(&metrics.http.connections_active)
-            + crate::daemon::metrics::get(&metrics.nbd.connections_active);
+        let open = crate::serving::get(&metrics.http.connections_active)
+            + crate::serving::get(&metrics.nbd.connections_active);
         if open == 0 || Instant::now() >= deadline {
             if open > 0 {
                 log::info!("exiting with {open} connection(s) still open");

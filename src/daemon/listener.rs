@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use super::conn::Conn;
-use super::metrics::{Metrics, ProtoMetrics};
 use super::shutdown::Shutdown;
+use crate::serving::{Conn, Metrics, ProtoMetrics};
 
 /// Stack size of connection threads. Connection state lives on the heap; a small stack keeps
 /// thousands of idle connections cheap.
@@ -209,13 +208,11 @@ pub struct AcceptLoop {
     pub seq: Arc<AtomicU64>,
 }
 
-impl Metrics {
-    /// The counters of one protocol.
-    pub fn of(&self, proto: Proto) -> &ProtoMetrics {
-        match proto {
-            Proto::Http => &self.http,
-            Proto::Nbd => &self.nbd,
-        }
+/// The counters of one protocol.
+fn counters(m: &Metrics, proto: Proto) -> &ProtoMetrics {
+    match proto {
+        Proto::Http => &m.http,
+        Proto::Nbd => &m.nbd,
     }
 }
 
@@ -224,7 +221,7 @@ struct ActiveGuard(Arc<Metrics>, Proto);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        ProtoMetrics::sub(&self.0.of(self.1).connections_active, 1);
+        ProtoMetrics::sub(&counters(&self.0, self.1).connections_active, 1);
     }
 }
 
@@ -242,7 +239,7 @@ pub fn spawn(
 }
 
 fn accept_loop(listener: &Listener, cfg: &AcceptLoop, shutdown: &Shutdown) {
-    let m = cfg.metrics.of(cfg.proto);
+    let m = counters(&cfg.metrics, cfg.proto);
     let mut last_refusal_log: Option<Instant> = None;
     while !shutdown.is_triggered() {
         let mut fds = [
@@ -294,7 +291,7 @@ fn accept_loop(listener: &Listener, cfg: &AcceptLoop, shutdown: &Shutdown) {
                         cfg.proto.name(),
                         conn.peer(),
                         cfg.max_connections,
-                        crate::daemon::metrics::get(&m.connections_rejected),
+                        crate::serving::get(&m.connections_rejected),
                     );
                 }
                 (cfg.handler.reject)(conn);

@@ -9,9 +9,9 @@ use serde::Serialize;
 
 use super::conditional::etag;
 use super::{HttpService, date};
-use crate::daemon::metrics::get;
-use crate::daemon::{Catalog, ProtoMetrics};
 use crate::format::Stream;
+use crate::serving::get;
+use crate::serving::{Catalog, ProtoMetrics};
 
 #[derive(Serialize)]
 struct SnapshotInfo<'a> {
@@ -41,7 +41,7 @@ pub(super) fn snapshots_json(catalog: &Catalog) -> Vec<u8> {
             let info = |stream: Stream| StreamInfo {
                 size: s.size(stream),
                 etag: etag(s.identity(), stream.route_name()),
-                url: format!("/snapshots/{}/{}", e.name, stream.route_name()),
+                url: crate::serving::names::http_stream_path(&e.name, stream),
             };
             SnapshotInfo {
                 name: &e.name,

@@ -8,7 +8,7 @@
 use std::io::{self, IoSlice, Write};
 
 use super::response::{Piece, Plan};
-use crate::daemon::conn::write_all_vectored;
+use crate::serving::write_all_vectored;
 use crate::store::StoreError;
 
 /// Largest body buffer per connection: bodies are produced in chunks of at most this size.

@@ -26,9 +26,9 @@ use super::handler::{self, Body, Response};
 use super::request::{self, Body as RequestBody, Expect, HeadError, MAX_HEAD_BYTES, Request};
 use super::response::{Connection as ConnHeader, Plan};
 use super::{HttpService, date};
-use crate::daemon::conn::{is_disconnect, write_all_vectored};
-use crate::daemon::{Catalog, Conn, ProtoMetrics};
 use crate::format::Stream;
+use crate::serving::{Catalog, Conn, ProtoMetrics};
+use crate::serving::{is_disconnect, write_all_vectored};
 use crate::store::{Snapshot, StoreError};
 
 /// First size of the receive buffer; most request heads are a few hundred bytes.

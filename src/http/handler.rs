@@ -11,8 +11,8 @@ use super::request::{Method, Request};
 use super::response::{self, Head, OCTET_STREAM, Plan};
 use super::route::{self, Route};
 use super::{HttpService, admin, date};
-use crate::daemon::Catalog;
 use crate::format::Stream;
+use crate::serving::Catalog;
 use crate::store::Snapshot;
 
 /// A decided response.
@@ -74,17 +74,13 @@ pub(super) fn respond(svc: &HttpService, catalog: &Catalog, req: &Request, now: 
     }
     if req.method == Method::Other {
         let mut r = Response::empty(405, &date);
-        r.head = r.head.header("Allow", Route::ALLOW);
+        r.head = r.head.header("Allow", route::ALLOW);
         return r;
     }
     let head_only = req.method == Method::Head;
     match route {
         Route::Stream { snapshot, stream } => {
-            let entry = match &snapshot {
-                None => catalog.default_snapshot(),
-                Some(name) => catalog.get(name),
-            };
-            match entry {
+            match crate::serving::names::lookup(catalog, snapshot.as_deref()) {
                 Some(e) => serve_stream(svc, &e.snapshot, stream, req, now, &date),
                 None => Response::empty(404, &date),
             }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
-use crate::daemon::{CatalogHandle, Conn, Metrics};
+use crate::serving::{CatalogHandle, Conn, Metrics};
 
 /// Settings of the HTTP front end, validated by the daemon and fixed for the service's life.
 #[derive(Clone)]

@@ -1,33 +1,11 @@
-//! Routes (design.md §5, http.md §1): maps a request-target to the resource it names. Pure.
+//! Routes (design.md §5, http.md §1): reduces a request-target to the decoded path and hands
+//! it to [`crate::serving::names`], which resolves every name on the wire. Pure.
 
-use crate::format::Stream;
+pub use crate::serving::names::Route;
 
-/// A resource hexzd serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    /// A stream of a snapshot: `/disk`, `/memory` (`snapshot: None` = the default snapshot),
-    /// `/snapshots/NAME/disk`, `/snapshots/NAME/memory`.
-    Stream {
-        /// The snapshot's name, or `None` for the default one.
-        snapshot: Option<String>,
-        /// Which stream.
-        stream: Stream,
-    },
-    /// `/snapshots`: the JSON list.
-    List,
-    /// `/healthz`.
-    Health,
-    /// `/metrics`.
-    Metrics,
-    /// Anything else: 404.
-    NotFound,
-}
-
-impl Route {
-    /// The methods the resource allows (for `Allow` on 405). Every hexzd resource is
-    /// read-only, so it is always GET and HEAD.
-    pub const ALLOW: &'static str = "GET, HEAD";
-}
+/// The methods every resource allows (for `Allow` on 405). Every hexzd resource is read-only,
+/// so it is always GET and HEAD.
+pub const ALLOW: &str = "GET, HEAD";
 
 /// Resolves a request-target. The query and fragment are ignored; an absolute-form target
 /// (`http://host/disk`, which RFC 9112 §3.2.2 requires servers to accept) is reduced to its
@@ -35,40 +13,10 @@ impl Route {
 pub fn route(target: &str) -> Route {
     let path = target.split(['?', '#']).next().unwrap_or_default();
     let path = strip_authority(path);
-    let Some(path) = percent_decode(path) else {
-        return Route::NotFound;
-    };
-    match path.as_str() {
-        "/disk" => Route::Stream {
-            snapshot: None,
-            stream: Stream::Main,
-        },
-        "/memory" => Route::Stream {
-            snapshot: None,
-            stream: Stream::Aux,
-        },
-        "/snapshots" => Route::List,
-        "/healthz" => Route::Health,
-        "/metrics" => Route::Metrics,
-        p => named_stream(p).unwrap_or(Route::NotFound),
+    match percent_decode(path) {
+        Some(path) => crate::serving::names::http_route(&path),
+        None => Route::NotFound,
     }
-}
-
-fn named_stream(path: &str) -> Option<Route> {
-    let rest = path.strip_prefix("/snapshots/")?;
-    let (name, stream) = rest.split_once('/')?;
-    let stream = match stream {
-        "disk" => Stream::Main,
-        "memory" => Stream::Aux,
-        _ => return None,
-    };
-    if !crate::daemon::catalog::valid_name(name) {
-        return None;
-    }
-    Some(Route::Stream {
-        snapshot: Some(name.to_string()),
-        stream,
-    })
 }
 
 fn strip_authority(path: &str) -> &str {
@@ -123,6 +71,7 @@ mod tests {
     }
 
     use super::*;
+    use crate::format::Stream;
 
     fn stream(snapshot: Option<&str>, stream: Stream) -> Route {
         Route::Stream {

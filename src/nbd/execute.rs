@@ -12,7 +12,7 @@ use super::handshake::Session;
 use super::proto::*;
 use super::reply::{ReplyWriter, Sink};
 use super::transmission::{Command, Refusal};
-use crate::daemon::ProtoMetrics;
+use crate::serving::ProtoMetrics;
 use crate::store::{Extent, ExtentKind, StoreError};
 
 /// READ bytes dispatched but not yet replied, per connection. One READ of the maximum size is

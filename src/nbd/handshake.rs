@@ -10,8 +10,9 @@
 use std::io::{self, Read, Write};
 
 use super::proto::*;
-use crate::daemon::{Catalog, NamedSnapshot};
 use crate::format::Stream;
+use crate::serving::names::{self, Export};
+use crate::serving::{Catalog, NamedSnapshot};
 
 /// Largest option data accepted; beyond it the client is disconnected without reading the data
 /// (nbd.md §2.2). Real options carry at most a 4 KiB name and a few queries.
@@ -61,7 +62,7 @@ pub enum HandshakeError {
 impl HandshakeError {
     /// True when the client simply went away (logged at debug level).
     pub fn is_disconnect(&self) -> bool {
-        matches!(self, HandshakeError::Io(e) if crate::daemon::conn::is_disconnect(e))
+        matches!(self, HandshakeError::Io(e) if crate::serving::is_disconnect(e))
     }
 }
 
@@ -105,32 +106,6 @@ pub fn transmission_flags(structured: bool) -> u16 {
         f |= NBD_FLAG_SEND_DF;
     }
     f
-}
-
-/// Text for a stream in descriptions.
-fn stream_word(stream: Stream) -> &'static str {
-    match stream {
-        Stream::Main => "disk (main stream)",
-        Stream::Aux => "memory (auxiliary stream)",
-    }
-}
-
-/// Canonical export name of a snapshot stream (`NBD_INFO_NAME`).
-pub fn canonical_name(snapshot: &NamedSnapshot, stream: Stream) -> String {
-    match stream {
-        Stream::Main => format!("{}/disk", snapshot.name),
-        Stream::Aux => format!("{}/memory", snapshot.name),
-    }
-}
-
-/// Human-readable description of an export (LIST, `NBD_INFO_DESCRIPTION`).
-pub fn describe(snapshot: &NamedSnapshot, stream: Stream) -> String {
-    format!(
-        "hexzd snapshot {}: {}, {} bytes, read-only",
-        snapshot.name,
-        stream_word(stream),
-        snapshot.snapshot.size(stream)
-    )
 }
 
 /// Negotiation state between options.
@@ -250,7 +225,7 @@ impl State<'_> {
 
     fn export_name<W: Write>(&mut self, w: &mut W) -> Result<Outcome, HandshakeError> {
         let name = String::from_utf8_lossy(&self.data).into_owned();
-        let Some((snap, stream)) = self.catalog.resolve_export(&name) else {
+        let Some((snap, stream)) = names::resolve_export(self.catalog, &name) else {
             return Err(HandshakeError::UnknownExport(name));
         };
         let session = self.session(name, snap, stream);
@@ -281,12 +256,10 @@ impl State<'_> {
     }
 
     fn list<W: Write>(&self, w: &mut W) -> io::Result<()> {
-        for (name, snap, stream) in self.catalog.export_names() {
-            let description = if name.is_empty() || name == "disk" || name == "memory" {
-                format!("default snapshot; {}", describe(snap, stream))
-            } else {
-                describe(snap, stream)
-            };
+        for Export {
+            name, description, ..
+        } in names::exports(self.catalog)
+        {
             if let Some(payload) = rep_server(&name, &description) {
                 w.write_all(&option_reply(NBD_OPT_LIST, NBD_REP_SERVER, &payload))?;
             }
@@ -318,7 +291,7 @@ impl State<'_> {
                 return Ok(None);
             }
         };
-        let Some((snap, stream)) = self.catalog.resolve_export(req.name) else {
+        let Some((snap, stream)) = names::resolve_export(self.catalog, req.name) else {
             w.write_all(&option_error(
                 option,
                 NBD_REP_ERR_UNKNOWN,
@@ -342,10 +315,16 @@ impl State<'_> {
             sent[slot] = true;
             match info {
                 NBD_INFO_NAME => {
-                    w.write_all(&reply(&info_text(info, &canonical_name(snap, stream))))?;
+                    w.write_all(&reply(&info_text(
+                        info,
+                        &names::canonical_export(snap, stream),
+                    )))?;
                 }
                 NBD_INFO_DESCRIPTION => {
-                    w.write_all(&reply(&info_text(info, &describe(snap, stream))))?;
+                    w.write_all(&reply(&info_text(
+                        info,
+                        &names::describe_export(snap, stream),
+                    )))?;
                 }
                 NBD_INFO_BLOCK_SIZE => {
                     w.write_all(&reply(&info_block_size(
@@ -381,7 +360,7 @@ impl State<'_> {
                 "NBD_OPT_SET_META_CONTEXT needs NBD_OPT_STRUCTURED_REPLY first",
             );
         }
-        let Some((snap, stream)) = self.catalog.resolve_export(req.name) else {
+        let Some((snap, stream)) = names::resolve_export(self.catalog, req.name) else {
             return w.write_all(&option_error(
                 option,
                 NBD_REP_ERR_UNKNOWN,

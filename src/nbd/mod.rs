@@ -23,7 +23,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::daemon::{CatalogHandle, Conn, Metrics, ProtoMetrics};
+use crate::serving::{CatalogHandle, Conn, Metrics, ProtoMetrics};
 use handshake::{HandshakeError, Outcome, Session};
 use transmission::{End, TransmissionError};
 

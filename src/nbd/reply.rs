@@ -14,7 +14,7 @@ use std::io::{self, IoSlice, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 
-use crate::daemon::conn::{is_disconnect, write_all_vectored};
+use crate::serving::{is_disconnect, write_all_vectored};
 
 /// Replies up to this size are combined; larger ones are written without a copy.
 const COMBINE_MAX: usize = 64 * 1024;
@@ -29,7 +29,7 @@ pub trait Sink: Write + Send {
     fn abort(&self);
 }
 
-impl Sink for crate::daemon::Conn {
+impl Sink for crate::serving::Conn {
     fn abort(&self) {
         let _ = self.shutdown(std::net::Shutdown::Both);
     }

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use hexzd::daemon::{Catalog, CatalogHandle, Conn, Metrics, NamedSnapshot, ProtoMetrics};
 use hexzd::http::{HttpService, HttpSettings};
+use hexzd::serving::{Catalog, CatalogHandle, Conn, Metrics, NamedSnapshot, ProtoMetrics};
 use hexzd::store::{Engine, EngineConfig, OpenOptions, Snapshot};
 
 /// The reference fixtures.

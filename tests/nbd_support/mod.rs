@@ -19,9 +19,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use hexzd::daemon::{Catalog, CatalogHandle, Conn, Metrics, NamedSnapshot, ProtoMetrics};
 use hexzd::nbd::proto::*;
 use hexzd::nbd::{NbdService, NbdSettings};
+use hexzd::serving::{Catalog, CatalogHandle, Conn, Metrics, NamedSnapshot, ProtoMetrics};
 use hexzd::store::{Engine, EngineConfig, OpenOptions, Snapshot};
 
 /// Password of `mixed-enc-lz4.hxz`.

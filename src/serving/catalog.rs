@@ -1,10 +1,10 @@
-//! The set of snapshots a daemon serves, by name, and how names on the wire map to a snapshot
-//! and stream (design.md §5). A catalog is immutable; a reload builds a new one and swaps it in
-//! through a [`CatalogHandle`], so a connection keeps the catalog it started with.
+//! The set of snapshots served, by name. A catalog is immutable; a reload builds a new one and
+//! swaps it in through a [`CatalogHandle`], so a connection keeps the catalog it started with.
+//! How names on the wire map to a snapshot and stream lives in [`super::names`].
 
 use std::sync::{Arc, RwLock};
 
-use crate::format::Stream;
+use super::names::valid_name;
 use crate::store::Snapshot;
 
 /// One served snapshot.
@@ -35,19 +35,6 @@ pub enum CatalogError {
 pub struct Catalog {
     entries: Vec<NamedSnapshot>,
     default: Option<usize>,
-}
-
-/// True for a name usable as a snapshot name.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name != "disk"
-        && name != "memory"
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 impl Catalog {
@@ -92,42 +79,6 @@ impl Catalog {
     pub fn default_snapshot(&self) -> Option<&NamedSnapshot> {
         self.default.map(|i| &self.entries[i])
     }
-
-    /// Resolves an NBD export name (design.md §5): `""` and `disk` are the default snapshot's
-    /// main stream, `memory` its auxiliary stream; `NAME`, `NAME/disk`, `NAME/memory` address
-    /// any snapshot.
-    pub fn resolve_export(&self, export: &str) -> Option<(&NamedSnapshot, Stream)> {
-        match export {
-            "" | "disk" => self.default_snapshot().map(|s| (s, Stream::Main)),
-            "memory" => self.default_snapshot().map(|s| (s, Stream::Aux)),
-            _ => {
-                let (name, stream) = match export.rsplit_once('/') {
-                    Some((n, "disk")) => (n, Stream::Main),
-                    Some((n, "memory")) => (n, Stream::Aux),
-                    Some(_) => return None,
-                    None => (export, Stream::Main),
-                };
-                self.get(name).map(|s| (s, stream))
-            }
-        }
-    }
-
-    /// Every export name with its snapshot and stream, in a stable order: the default's short
-    /// names first, then `NAME`, `NAME/disk`, `NAME/memory` for each snapshot.
-    pub fn export_names(&self) -> Vec<(String, &NamedSnapshot, Stream)> {
-        let mut v = Vec::new();
-        if let Some(d) = self.default_snapshot() {
-            v.push((String::new(), d, Stream::Main));
-            v.push(("disk".to_string(), d, Stream::Main));
-            v.push(("memory".to_string(), d, Stream::Aux));
-        }
-        for e in &self.entries {
-            v.push((e.name.clone(), e, Stream::Main));
-            v.push((format!("{}/disk", e.name), e, Stream::Main));
-            v.push((format!("{}/memory", e.name), e, Stream::Aux));
-        }
-        v
-    }
 }
 
 /// The current catalog, swappable atomically (SIGHUP reload). Readers take an `Arc` snapshot
@@ -168,11 +119,41 @@ impl CatalogHandle {
 mod tests {
     use super::*;
 
-    #[test]
-    fn names() {
-        assert!(valid_name("vm-1.snap_2"));
-        for bad in ["", "disk", "memory", "a/b", "a b", "..", "é"] {
-            assert!(!valid_name(bad), "{bad:?}");
+    fn entry(name: &str) -> NamedSnapshot {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hexz-0.8.2");
+        NamedSnapshot {
+            name: name.into(),
+            snapshot: Snapshot::open(dir.join("hello-lz4.hxz")).expect("fixture opens"),
         }
+    }
+
+    #[test]
+    fn duplicate_and_invalid_names_are_refused() {
+        assert_eq!(
+            Catalog::new(vec![entry("a"), entry("a")], None).unwrap_err(),
+            CatalogError::Duplicate("a".into())
+        );
+        assert_eq!(
+            Catalog::new(vec![entry("disk")], None).unwrap_err(),
+            CatalogError::InvalidName("disk".into())
+        );
+    }
+
+    #[test]
+    fn the_first_snapshot_is_the_default_unless_one_is_named() {
+        let c = Catalog::new(vec![entry("a"), entry("b")], None).unwrap();
+        assert_eq!(c.default_snapshot().map(|e| e.name.as_str()), Some("a"));
+        let c = Catalog::new(vec![entry("a"), entry("b")], Some("b")).unwrap();
+        assert_eq!(c.default_snapshot().map(|e| e.name.as_str()), Some("b"));
+        assert!(Catalog::default().default_snapshot().is_none());
+    }
+
+    #[test]
+    fn a_handle_swaps_and_old_readers_keep_theirs() {
+        let h = CatalogHandle::new(Catalog::new(vec![entry("a")], None).unwrap());
+        let before = h.load();
+        h.store(Catalog::new(vec![entry("b")], None).unwrap());
+        assert!(before.get("a").is_some());
+        assert!(h.load().get("b").is_some() && h.load().get("a").is_none());
     }
 }
