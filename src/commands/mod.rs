@@ -8,7 +8,7 @@ pub mod pack;
 pub mod serve;
 pub mod verify;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::cli::PasswordArgs;
 use crate::pack::PackError;
@@ -30,8 +30,8 @@ pub enum CommandError {
     #[error(transparent)]
     Serve(#[from] serve::ServeError),
     /// A password file could not be used.
-    #[error("password file {path}: {reason}", path = path.display())]
-    PasswordFile { path: PathBuf, reason: String },
+    #[error("password file {0}")]
+    PasswordFile(crate::store::file::FileError),
     /// `--encrypt` without any password source.
     #[error("--encrypt needs a password: give --password-file FILE or set HEXZ_PASSWORD")]
     NoPassword,
@@ -46,26 +46,10 @@ pub enum CommandError {
     BadBlocks(usize),
 }
 
-/// Reads a password file: the whole file, minus one trailing newline. Refuses an empty
-/// password.
+/// Reads a password file (never blocking; see [`crate::store::file::read_password`]): the
+/// whole file, minus one trailing newline. Refuses an empty password.
 pub fn read_password_file(path: &Path) -> Result<Vec<u8>, CommandError> {
-    let mut pw = std::fs::read(path).map_err(|e| CommandError::PasswordFile {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    if pw.last() == Some(&b'\n') {
-        pw.pop();
-        if pw.last() == Some(&b'\r') {
-            pw.pop();
-        }
-    }
-    if pw.is_empty() {
-        return Err(CommandError::PasswordFile {
-            path: path.to_path_buf(),
-            reason: "the file is empty".into(),
-        });
-    }
-    Ok(pw)
+    crate::store::file::read_password(path).map_err(CommandError::PasswordFile)
 }
 
 /// The password for a CLI command: `--password-file`, else `HEXZ_PASSWORD`, else none.
@@ -76,22 +60,4 @@ pub fn cli_password(args: &PasswordArgs) -> Result<Option<Vec<u8>>, CommandError
     Ok(std::env::var_os(PASSWORD_ENV)
         .filter(|v| !v.is_empty())
         .map(|v| std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn password_file_loses_one_trailing_newline() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("pw");
-        std::fs::write(&p, "secret\n").unwrap();
-        assert_eq!(read_password_file(&p).unwrap(), b"secret");
-        std::fs::write(&p, "secret\r\n").unwrap();
-        assert_eq!(read_password_file(&p).unwrap(), b"secret");
-        std::fs::write(&p, "\n").unwrap();
-        assert!(read_password_file(&p).is_err());
-        assert!(read_password_file(&dir.path().join("missing")).is_err());
-    }
 }

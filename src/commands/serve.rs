@@ -163,16 +163,20 @@ fn apply_overrides(config: &mut Config, args: &ServeArgs) {
 }
 
 fn read_token(path: &Path) -> Result<String, CommandError> {
-    let text = std::fs::read_to_string(path).map_err(|e| CommandError::PasswordFile {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let token = text.lines().next().unwrap_or("").trim().to_string();
+    let text = crate::store::file::read_small(path, "a token file", 64 * 1024)
+        .map_err(CommandError::PasswordFile)?;
+    let token = String::from_utf8_lossy(&text)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
     if token.is_empty() {
-        return Err(CommandError::PasswordFile {
-            path: path.to_path_buf(),
-            reason: "the token file is empty".into(),
-        });
+        return Err(CommandError::PasswordFile(
+            crate::store::file::FileError::Empty {
+                path: path.to_path_buf(),
+            },
+        ));
     }
     Ok(token)
 }

@@ -81,13 +81,12 @@ pub const MAX_CHAIN_DEPTH: usize = 32;
 impl Archive {
     /// Opens and validates an archive (and, recursively, its parents).
     pub(crate) fn open(path: &Path, cx: OpenContext<'_>) -> Result<Arc<Archive>, StoreError> {
-        let file = File::open(path).map_err(|e| StoreError::io(path, "open", e))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| StoreError::io(path, "stat", e))?;
-        if !meta.is_file() {
-            return Err(StoreError::corrupt(path, "not a regular file"));
-        }
+        // Never blocks (a FIFO is an error, not a wait); regular files and block devices only.
+        let super::file::Opened {
+            file,
+            meta,
+            len: file_len,
+        } = super::file::open_archive(path)?;
         let fingerprint = match cx.password {
             Some(p) => *blake3::hash(p).as_bytes(),
             None => [0; 32],
@@ -95,7 +94,7 @@ impl Archive {
         let key: ArchiveKey = (
             meta.dev(),
             meta.ino(),
-            meta.len(),
+            file_len,
             meta.mtime(),
             meta.mtime_nsec(),
             fingerprint,
@@ -111,7 +110,6 @@ impl Archive {
                 "parent chain loops back to this archive",
             ));
         }
-        let file_len = meta.len();
         let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
 
         let head_len = usize::try_from(file_len.min(HEADER_SIZE as u64)).unwrap_or(HEADER_SIZE);

@@ -99,7 +99,9 @@ pub(crate) fn open_parents(
         let mut last_err = None;
         let mut found = None;
         for cand in &tried {
-            if !cand.exists() {
+            // Only a candidate that is surely absent is skipped: a symbolic link loop or an
+            // unreadable directory is opened, so its error is the one reported.
+            if matches!(cand.try_exists(), Ok(false)) {
                 continue;
             }
             match Archive::open(

@@ -8,6 +8,7 @@ mod block;
 pub mod cache;
 mod chain;
 mod engine;
+pub mod file;
 pub mod pool;
 mod read;
 mod snapshot;
@@ -82,6 +83,10 @@ pub enum StoreError {
         #[source]
         source: Arc<io::Error>,
     },
+    /// The path is not something an archive can be read from (a FIFO, a directory, a
+    /// symbolic link loop, ...), or it cannot be opened.
+    #[error(transparent)]
+    File(#[from] file::FileError),
     /// The header or master index does not decode.
     #[error("{path}: {source}", path = path.display())]
     Format {
