@@ -187,29 +187,7 @@ pub struct VerifyArgs {
     pub password: PasswordArgs,
 }
 
-/// Parses a byte count: a decimal integer with an optional binary suffix (K, M, G, T, with or
-/// without `iB`/`B`), e.g. `65536`, `64K`, `256MiB`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, suffix) = t.split_at(digits);
-    if num.is_empty() {
-        return Err(format!(
-            "{s:?} is not a size (expected e.g. 4096, 64K, 256MiB)"
-        ));
-    }
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is too large"))?;
-    let shift = match suffix.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        other => return Err(format!("unknown size suffix {other:?} in {s:?}")),
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
+pub use crate::daemon::config::parse_size;
 
 fn parse_size_u32(s: &str) -> Result<u32, String> {
     u32::try_from(parse_size(s)?).map_err(|_| format!("{s:?} is too large"))

@@ -1,6 +1,6 @@
 //! `hexzd serve` as a daemon: start-up errors, the config file, passwords from files only,
-//! SIGHUP reload (good and bad configs) and SIGTERM. Every wait is on a line the daemon
-//! prints, never a sleep.
+//! SIGHUP reload (good and bad configs, and one naming a FIFO) and SIGTERM, paths that are not
+//! archive files. Every wait is on a line the daemon prints or on its exit, never a sleep.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -93,6 +93,19 @@ impl Daemon {
         line.rsplit(':').next().unwrap().parse().unwrap()
     }
 
+    /// Waits (bounded) for the process to exit and returns its status.
+    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "still running after {limit:?}");
+            // Waiting for a process exit has no readiness signal to block on here.
+            std::thread::yield_now();
+        }
+    }
+
     fn signal(&self, sig: i32) {
         let pid = i32::try_from(self.child.id()).unwrap();
         // SAFETY: kill(2) with a valid pid and signal number has no memory effects.
@@ -135,12 +148,36 @@ fn start_failure(args: &[&str], envs: &[(&str, &str)]) -> String {
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let out = cmd.output().unwrap();
+    let out = output_within(cmd, Duration::from_secs(60));
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     err
+}
+
+/// Runs `cmd` to completion, failing the test (and killing it) if it hangs.
+fn output_within(mut cmd: Command, limit: Duration) -> std::process::Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY: kill(2) with a valid pid and signal number has no memory effects.
+            unsafe { libc::kill(i32::try_from(pid).unwrap(), libc::SIGKILL) };
+            panic!("hexzd serve hung for {limit:?}");
+        }
+    }
+}
+
+fn mkfifo(path: &Path) {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -318,16 +355,8 @@ fn sigterm_shuts_down_cleanly() {
     assert_eq!(get(port, "/healthz").0, 200);
     d.signal(libc::SIGTERM);
     d.wait_for("shutting down");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = d.child.try_wait().unwrap() {
-            assert!(status.success(), "{status:?}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "still running after SIGTERM");
-        // Waiting for a process exit has no readiness signal to block on here.
-        std::thread::yield_now();
-    }
+    let status = d.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
 }
 
@@ -360,4 +389,106 @@ fn host_names_and_ipv6_literals_are_accepted() {
     } else {
         eprintln!("SKIP: no IPv6 loopback on this machine");
     }
+}
+
+#[test]
+fn a_fifo_on_the_command_line_is_one_line_exit_1_and_no_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.hxz");
+    mkfifo(&fifo);
+    // Nothing ever writes to the FIFO: opening it for reading used to wait forever.
+    let err = start_failure(&[fifo.to_str().unwrap()], &[]);
+    assert!(
+        err.contains("pipe.hxz: is a FIFO, not an archive file"),
+        "{err}"
+    );
+    // The same for the config file and the password file.
+    let err = start_failure(&["--config", fifo.to_str().unwrap()], &[]);
+    assert!(err.contains("is a FIFO, not a config file"), "{err}");
+    let a = fixture("hello-lz4.hxz");
+    let err = start_failure(
+        &[
+            "--password-file",
+            fifo.to_str().unwrap(),
+            a.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        err.contains("--password-file") && err.contains("is a FIFO"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_directory_or_a_socket_as_archive_is_named_for_what_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = start_failure(&[&format!("{}=d", dir.path().display())], &[]);
+    assert!(err.contains("is a directory, not an archive file"), "{err}");
+    let sock = dir.path().join("s.hxz");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let err = start_failure(&[sock.to_str().unwrap()], &[]);
+    assert!(
+        err.contains("s.hxz: is a socket, not an archive file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_symlink_loop_as_archive_is_reported_as_a_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.hxz"), dir.path().join("b.hxz"));
+    std::os::unix::fs::symlink(&b, &a).unwrap();
+    std::os::unix::fs::symlink(&a, &b).unwrap();
+    let err = start_failure(&[a.to_str().unwrap()], &[]);
+    assert!(err.contains("a.hxz: symbolic link loop"), "{err}");
+    assert!(!err.contains("No such file"), "{err}");
+}
+
+#[test]
+fn sighup_naming_a_fifo_fails_the_reload_and_sigterm_still_stops_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = "[http]\nlisten = [\"127.0.0.1:0\"]\n[nbd]\nlisten = []\n";
+    let hello = fixture("hello-lz4.hxz");
+    let cfg = write(
+        dir.path(),
+        "hexzd.toml",
+        &format!("{head}{}", snapshot_entry("a", &hello, None)),
+    );
+    let mut d = Daemon::spawn(&["--config", cfg.to_str().unwrap()], &[]);
+    let port = d.http_port();
+    let hello_raw = std::fs::read(fixture("hello.txt")).unwrap();
+    assert_eq!(get(port, "/snapshots/a/disk"), (200, hello_raw.clone()));
+
+    let fifo = dir.path().join("pipe.hxz");
+    mkfifo(&fifo);
+    write(
+        dir.path(),
+        "hexzd.toml",
+        &format!(
+            "{head}{}{}",
+            snapshot_entry("a", &hello, None),
+            snapshot_entry("p", &fifo, None)
+        ),
+    );
+    d.signal(libc::SIGHUP);
+    let line = d.wait_for("reload failed");
+    assert!(
+        line.contains("snapshot[1].path") && line.contains("pipe.hxz: is a FIFO"),
+        "{line}"
+    );
+    assert_eq!(get(port, "/snapshots/a/disk"), (200, hello_raw));
+    assert_eq!(get(port, "/snapshots/p/disk").0, 404);
+
+    // The same FIFO as a password file, then SIGTERM at once, without waiting for the reload.
+    write(
+        dir.path(),
+        "hexzd.toml",
+        &format!("{head}{}", snapshot_entry("a", &hello, Some(&fifo))),
+    );
+    d.signal(libc::SIGHUP);
+    d.signal(libc::SIGTERM);
+    d.wait_for("shutting down");
+    let status = d.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
 }

@@ -28,7 +28,7 @@ pub enum CommandError {
     Pack(#[from] PackError),
     /// `serve` could not start.
     #[error(transparent)]
-    Serve(#[from] serve::ServeError),
+    Daemon(#[from] crate::daemon::DaemonError),
     /// A password file could not be used.
     #[error("password file {0}")]
     PasswordFile(crate::store::file::FileError),

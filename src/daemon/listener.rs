@@ -1,7 +1,7 @@
-//! Listening sockets and accept loops. One thread per listener accepts connections and starts
-//! one named thread per connection (`http-conn-N`, `nbd-conn-N`) under the protocol's
-//! connection cap. Accept errors never end the loop: running out of file descriptors slows
-//! accepting down (systemd.md §7), it never stops it.
+//! Listening sockets, and where they come from: [`obtain`] is the one step that turns the
+//! configuration into `(Protocol, Listener)` pairs. Today it binds the configured addresses;
+//! socket activation (systemd.md) plugs in here, as a second source of listeners (inherited
+//! fds, identified by name) beside binding. The accept loops that serve them are `accept`.
 
 use std::io;
 use std::net::{TcpListener, ToSocketAddrs};
@@ -9,21 +9,9 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-
-use super::shutdown::Shutdown;
-use crate::serving::{Conn, Metrics, ProtoMetrics};
-
-/// Stack size of connection threads. Connection state lives on the heap; a small stack keeps
-/// thousands of idle connections cheap.
-pub const CONN_STACK_SIZE: usize = 256 * 1024;
-/// Pause after an accept failure caused by resource exhaustion (EMFILE, ENFILE, ENOMEM).
-const EXHAUSTED_BACKOFF: Duration = Duration::from_millis(50);
+use super::config::Config;
+use crate::serving::Conn;
 
 /// A failure to set up a listener.
 #[derive(Debug, thiserror::Error)]
@@ -42,30 +30,48 @@ pub enum ListenError {
     },
 }
 
-/// Which protocol a listener serves (never inferred from the port).
+/// Which protocol a listener serves (never inferred from the port). The closed set of front
+/// ends; `accept::Service` pairs each with its running service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Proto {
+pub enum Protocol {
     /// HTTP/1.1 range server.
     Http,
     /// NBD server.
     Nbd,
 }
 
-impl Proto {
+impl Protocol {
     /// Display name.
     pub fn name(self) -> &'static str {
         match self {
-            Proto::Http => "HTTP",
-            Proto::Nbd => "NBD",
+            Protocol::Http => "HTTP",
+            Protocol::Nbd => "NBD",
         }
     }
+}
 
-    fn thread_prefix(self) -> &'static str {
-        match self {
-            Proto::Http => "http-conn",
-            Proto::Nbd => "nbd-conn",
+/// The listeners `config` asks for, bound, in config order: HTTP addresses, NBD addresses, NBD
+/// Unix sockets. Everything is bound before anything is served, so a bad address fails
+/// start-up cleanly.
+///
+/// Hook: socket activation adds its inherited sockets here (and skips binding what they
+/// replace); a reload never calls this again, so activated or bound sockets stay as they are.
+pub fn obtain(config: &Config) -> Result<Vec<(Protocol, Listener)>, ListenError> {
+    let mut listeners = Vec::new();
+    for a in &config.http.listen {
+        for l in Listener::bind_tcp(a)? {
+            listeners.push((Protocol::Http, l));
         }
     }
+    for a in &config.nbd.listen {
+        for l in Listener::bind_tcp(a)? {
+            listeners.push((Protocol::Nbd, l));
+        }
+    }
+    for p in &config.nbd.unix {
+        listeners.push((Protocol::Nbd, Listener::bind_unix(p)?));
+    }
+    Ok(listeners)
 }
 
 /// A bound listening socket.
@@ -142,14 +148,14 @@ impl Listener {
         }
     }
 
-    fn set_nonblocking(&self) -> io::Result<()> {
+    pub(super) fn set_nonblocking(&self) -> io::Result<()> {
         match self {
             Listener::Tcp(l) => l.set_nonblocking(true),
             Listener::Unix(l, _) => l.set_nonblocking(true),
         }
     }
 
-    fn accept(&self) -> io::Result<Conn> {
+    pub(super) fn accept(&self) -> io::Result<Conn> {
         let conn = match self {
             Listener::Tcp(l) => Conn::Tcp(l.accept()?.0),
             Listener::Unix(l, _) => Conn::Unix(l.accept()?.0),
@@ -162,7 +168,7 @@ impl Listener {
         Ok(conn)
     }
 
-    fn poll_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    pub(super) fn poll_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         match self {
             Listener::Tcp(l) => l.as_fd(),
             Listener::Unix(l, _) => l.as_fd(),
@@ -174,148 +180,6 @@ impl Drop for Listener {
     fn drop(&mut self) {
         if let Listener::Unix(_, p) = self {
             let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-/// What an accept loop does with connections.
-pub struct Handler {
-    /// Serves an accepted connection; runs on its own thread and returns when it closes.
-    pub serve: Box<dyn Fn(Conn) + Send + Sync>,
-    /// Answers a connection over the cap (must not block), then drops it.
-    pub reject: Box<dyn Fn(Conn) + Send + Sync>,
-}
-
-impl std::fmt::Debug for Handler {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Handler")
-    }
-}
-
-/// An accept loop's configuration.
-#[derive(Debug)]
-pub struct AcceptLoop {
-    /// Protocol (for thread names, logs and its counters).
-    pub proto: Proto,
-    /// Connection cap for this protocol, shared by all its listeners through the
-    /// `connections_active` gauge.
-    pub max_connections: usize,
-    /// The process counters.
-    pub metrics: Arc<Metrics>,
-    /// What to do with connections.
-    pub handler: Arc<Handler>,
-    /// Shared connection sequence number, for thread names.
-    pub seq: Arc<AtomicU64>,
-}
-
-/// The counters of one protocol.
-fn counters(m: &Metrics, proto: Proto) -> &ProtoMetrics {
-    match proto {
-        Proto::Http => &m.http,
-        Proto::Nbd => &m.nbd,
-    }
-}
-
-/// Decrements the active-connection gauge when a connection thread ends, however it ends.
-struct ActiveGuard(Arc<Metrics>, Proto);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        ProtoMetrics::sub(&counters(&self.0, self.1).connections_active, 1);
-    }
-}
-
-/// Starts the accept thread for `listener`. It exits when `shutdown` triggers.
-pub fn spawn(
-    listener: Listener,
-    cfg: AcceptLoop,
-    shutdown: Arc<Shutdown>,
-) -> io::Result<JoinHandle<()>> {
-    listener.set_nonblocking()?;
-    let name = format!("{}-accept", cfg.proto.name().to_ascii_lowercase());
-    std::thread::Builder::new()
-        .name(name)
-        .spawn(move || accept_loop(&listener, &cfg, &shutdown))
-}
-
-fn accept_loop(listener: &Listener, cfg: &AcceptLoop, shutdown: &Shutdown) {
-    let m = counters(&cfg.metrics, cfg.proto);
-    let mut last_refusal_log: Option<Instant> = None;
-    while !shutdown.is_triggered() {
-        let mut fds = [
-            PollFd::new(listener.poll_fd(), PollFlags::POLLIN),
-            PollFd::new(shutdown.wake_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => {
-                log::error!("{} accept loop: poll failed: {e}", cfg.proto.name());
-                std::thread::sleep(EXHAUSTED_BACKOFF);
-                continue;
-            }
-        }
-        if shutdown.is_triggered() {
-            break;
-        }
-        // Drain the backlog: the listener is non-blocking.
-        loop {
-            let conn = match listener.accept() {
-                Ok(c) => c,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
-                Err(e) => {
-                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the connection stays in the backlog;
-                    // back off so that connections closing elsewhere can free descriptors.
-                    log::warn!("{} accept failed: {e}; retrying", cfg.proto.name());
-                    std::thread::sleep(EXHAUSTED_BACKOFF);
-                    break;
-                }
-            };
-            // Check and count in one step: several listeners (v4 and v6, or two addresses)
-            // share the cap.
-            let admitted =
-                m.connections_active
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                        (n < cfg.max_connections as u64).then_some(n + 1)
-                    });
-            if admitted.is_err() {
-                ProtoMetrics::add(&m.connections_rejected, 1);
-                // The counter records every refusal; the log says so at most once a second,
-                // so a connection flood does not become a log flood.
-                if last_refusal_log.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(1)) {
-                    last_refusal_log = Some(Instant::now());
-                    log::warn!(
-                        "{} connection from {} refused: at the cap of {} connections ({} refused so far)",
-                        cfg.proto.name(),
-                        conn.peer(),
-                        cfg.max_connections,
-                        crate::serving::get(&m.connections_rejected),
-                    );
-                }
-                (cfg.handler.reject)(conn);
-                continue;
-            }
-            ProtoMetrics::add(&m.connections_total, 1);
-            let guard = ActiveGuard(Arc::clone(&cfg.metrics), cfg.proto);
-            let handler = Arc::clone(&cfg.handler);
-            let n = cfg.seq.fetch_add(1, Ordering::Relaxed);
-            let spawned = std::thread::Builder::new()
-                .name(format!("{}-{n}", cfg.proto.thread_prefix()))
-                .stack_size(CONN_STACK_SIZE)
-                .spawn(move || {
-                    let _guard = guard;
-                    (handler.serve)(conn);
-                });
-            if let Err(e) = spawned {
-                // The closure (and with it the connection and the guard) was dropped.
-                log::warn!(
-                    "{} connection dropped: cannot start a thread: {e}",
-                    cfg.proto.name()
-                );
-                std::thread::sleep(EXHAUSTED_BACKOFF);
-            }
         }
     }
 }

@@ -1,12 +1,13 @@
 //! The HTTP front end (http.md): serves snapshot streams as RFC 9110 byte ranges over a small
 //! HTTP/1.1 layer of its own (http.md §8 says why not tiny_http), one OS thread per connection.
 //!
-//! Files by role: [`request`] parses heads and enforces the limits, [`route`] maps targets to
-//! resources, [`range`] and [`conditional`] decide the answer (pure), [`response`] renders heads
-//! and body plans, `body` produces bodies block by block, `handler` runs the decision procedure of http.md §3 for one request,
-//! `admin` renders `/snapshots` and `/metrics`, and `connection` owns the socket: timeouts,
-//! keep-alive, pipelining, bounded body streaming. The daemon accepts connections, enforces
-//! the connection cap and calls [`HttpService::serve_connection`] or
+//! Files by role: [`request`] parses heads and enforces the limits, [`route`] reduces
+//! request-targets to paths (`serving::names` resolves them to resources), [`range`] and
+//! [`conditional`] decide the answer (pure), [`response`] renders heads and body plans, `body`
+//! produces bodies block by block, `handler` runs the decision procedure of http.md §3 for one
+//! request, `admin` renders `/snapshots` and `/metrics`, and `connection` owns the socket:
+//! timeouts, keep-alive, pipelining, bounded body streaming. The daemon accepts connections,
+//! enforces the connection cap and calls [`HttpService::serve_connection`] or
 //! [`HttpService::reject_busy`].
 
 mod admin;
@@ -29,7 +30,7 @@ use std::time::{Duration, SystemTime};
 use crate::serving::{CatalogHandle, Conn, Metrics};
 
 /// Settings of the HTTP front end, validated by the daemon and fixed for the service's life.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct HttpSettings {
     /// Connections served at once; the daemon enforces it and calls
     /// [`HttpService::reject_busy`] beyond it.

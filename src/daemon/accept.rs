@@ -1,0 +1,198 @@
+//! Accept loops. One thread per listener accepts connections and starts one named thread per
+//! connection (`http-conn-N`, `nbd-conn-N`) under the protocol's connection cap, then hands
+//! the connection to its front end through [`Service`], the closed set of front ends (no boxed
+//! callbacks: nothing below `daemon/` calls back up). Accept errors never end the loop: running
+//! out of file descriptors slows accepting down (systemd.md §7), it never stops it.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use super::listener::{Listener, Protocol};
+use super::shutdown::Shutdown;
+use crate::http::HttpService;
+use crate::nbd::NbdService;
+use crate::serving::{Conn, Metrics, ProtoMetrics};
+
+/// Stack size of connection threads. Connection state lives on the heap; a small stack keeps
+/// thousands of idle connections cheap.
+pub const CONN_STACK_SIZE: usize = 256 * 1024;
+/// Pause after an accept failure caused by resource exhaustion (EMFILE, ENFILE, ENOMEM).
+const EXHAUSTED_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A running front end, as the accept loops see it. A new front end is a new variant here
+/// (and in [`Protocol`]); the compiler then lists every place that must handle it.
+#[derive(Debug, Clone)]
+pub enum Service {
+    /// The HTTP front end.
+    Http(Arc<HttpService>),
+    /// The NBD front end.
+    Nbd(Arc<NbdService>),
+}
+
+impl Service {
+    /// Which protocol this is.
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Service::Http(_) => Protocol::Http,
+            Service::Nbd(_) => Protocol::Nbd,
+        }
+    }
+
+    /// The connection cap, shared by every listener of the protocol.
+    pub fn max_connections(&self) -> usize {
+        match self {
+            Service::Http(s) => s.settings().max_connections,
+            Service::Nbd(s) => s.settings().max_connections,
+        }
+    }
+
+    /// This protocol's counters.
+    pub fn counters<'m>(&self, metrics: &'m Metrics) -> &'m ProtoMetrics {
+        match self {
+            Service::Http(_) => &metrics.http,
+            Service::Nbd(_) => &metrics.nbd,
+        }
+    }
+
+    /// Serves an accepted connection until it closes (on the connection's own thread).
+    fn serve(&self, conn: Conn) {
+        match self {
+            Service::Http(s) => s.serve_connection(conn),
+            Service::Nbd(s) => s.serve_connection(conn),
+        }
+    }
+
+    /// Answers a connection over the cap without blocking, then drops it.
+    fn reject(&self, conn: Conn) {
+        match self {
+            Service::Http(s) => s.reject_busy(conn),
+            // NBD has no way to say "busy" before the handshake: close.
+            Service::Nbd(_) => drop(conn),
+        }
+    }
+
+    fn thread_prefix(&self) -> &'static str {
+        match self {
+            Service::Http(_) => "http-conn",
+            Service::Nbd(_) => "nbd-conn",
+        }
+    }
+}
+
+/// What an accept loop needs besides its listener.
+#[derive(Debug, Clone)]
+pub struct AcceptLoop {
+    /// The front end its connections go to.
+    pub service: Service,
+    /// The process counters (the cap is checked against `connections_active`).
+    pub metrics: Arc<Metrics>,
+    /// Shared connection sequence number, for thread names.
+    pub seq: Arc<AtomicU64>,
+    /// Ends the loop when triggered.
+    pub shutdown: Arc<Shutdown>,
+}
+
+/// Decrements the active-connection gauge when a connection thread ends, however it ends.
+struct ActiveGuard(Arc<Metrics>, Service);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        ProtoMetrics::sub(&self.1.counters(&self.0).connections_active, 1);
+    }
+}
+
+/// Starts the accept thread for `listener`. It exits when `cfg.shutdown` triggers.
+pub fn spawn(listener: Listener, cfg: AcceptLoop) -> io::Result<JoinHandle<()>> {
+    listener.set_nonblocking()?;
+    let name = format!(
+        "{}-accept",
+        cfg.service.protocol().name().to_ascii_lowercase()
+    );
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || accept_loop(&listener, &cfg))
+}
+
+fn accept_loop(listener: &Listener, cfg: &AcceptLoop) {
+    let proto = cfg.service.protocol().name();
+    let max = cfg.service.max_connections();
+    let m = cfg.service.counters(&cfg.metrics);
+    let mut last_refusal_log: Option<Instant> = None;
+    while !cfg.shutdown.is_triggered() {
+        let mut fds = [
+            PollFd::new(listener.poll_fd(), PollFlags::POLLIN),
+            PollFd::new(cfg.shutdown.wake_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                log::error!("{proto} accept loop: poll failed: {e}");
+                std::thread::sleep(EXHAUSTED_BACKOFF);
+                continue;
+            }
+        }
+        if cfg.shutdown.is_triggered() {
+            break;
+        }
+        // Drain the backlog: the listener is non-blocking.
+        loop {
+            let conn = match listener.accept() {
+                Ok(c) => c,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the connection stays in the backlog;
+                    // back off so that connections closing elsewhere can free descriptors.
+                    log::warn!("{proto} accept failed: {e}; retrying");
+                    std::thread::sleep(EXHAUSTED_BACKOFF);
+                    break;
+                }
+            };
+            // Check and count in one step: several listeners (v4 and v6, or two addresses)
+            // share the cap.
+            let admitted =
+                m.connections_active
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n < max as u64).then_some(n + 1)
+                    });
+            if admitted.is_err() {
+                ProtoMetrics::add(&m.connections_rejected, 1);
+                // The counter records every refusal; the log says so at most once a second,
+                // so a connection flood does not become a log flood.
+                if last_refusal_log.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(1)) {
+                    last_refusal_log = Some(Instant::now());
+                    log::warn!(
+                        "{proto} connection from {} refused: at the cap of {max} connections ({} refused so far)",
+                        conn.peer(),
+                        crate::serving::get(&m.connections_rejected),
+                    );
+                }
+                cfg.service.reject(conn);
+                continue;
+            }
+            ProtoMetrics::add(&m.connections_total, 1);
+            let guard = ActiveGuard(Arc::clone(&cfg.metrics), cfg.service.clone());
+            let service = cfg.service.clone();
+            let n = cfg.seq.fetch_add(1, Ordering::Relaxed);
+            let spawned = std::thread::Builder::new()
+                .name(format!("{}-{n}", cfg.service.thread_prefix()))
+                .stack_size(CONN_STACK_SIZE)
+                .spawn(move || {
+                    let _guard = guard;
+                    service.serve(conn);
+                });
+            if let Err(e) = spawned {
+                // The closure (and with it the connection and the guard) was dropped.
+                log::warn!("{proto} connection dropped: cannot start a thread: {e}");
+                std::thread::sleep(EXHAUSTED_BACKOFF);
+            }
+        }
+    }
+}

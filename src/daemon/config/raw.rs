@@ -1,0 +1,129 @@
+//! The config file's syntax: the TOML tables as serde reads them (every key optional, unknown
+//! keys refused), and the units its values are written in. Nothing here checks a value's
+//! meaning or touches the file system; that is `validate`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub http: Option<RawHttp>,
+    pub nbd: Option<RawNbd>,
+    pub cache: Option<RawCache>,
+    #[serde(default)]
+    pub snapshot: Vec<RawSnapshot>,
+    #[serde(default)]
+    pub attach: Vec<RawAttach>,
+}
+
+/// `[http]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttp {
+    pub listen: Option<Vec<String>>,
+    pub max_connections: Option<usize>,
+    pub header_timeout: Option<Value>,
+    pub idle_timeout: Option<Value>,
+    pub max_range_bytes: Option<Value>,
+    pub auth_token_file: Option<PathBuf>,
+}
+
+/// `[nbd]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNbd {
+    pub listen: Option<Vec<String>>,
+    pub unix: Option<Vec<PathBuf>>,
+    pub max_connections: Option<usize>,
+    pub handshake_timeout: Option<Value>,
+    pub idle_timeout: Option<Value>,
+}
+
+/// `[cache]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCache {
+    pub memory: Option<Value>,
+    pub workers: Option<usize>,
+}
+
+/// One `[[snapshot]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSnapshot {
+    pub name: String,
+    pub path: PathBuf,
+    pub default: Option<bool>,
+    pub password_file: Option<PathBuf>,
+}
+
+/// One `[[attach]]` (design.md §4): parsed so the file is accepted by syntax, refused by
+/// `validate` until the daemon can attach devices.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAttach {
+    pub snapshot: String,
+    pub device: PathBuf,
+}
+
+/// A number, or a string with a unit ("10s", "256MiB").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(super) enum Value {
+    Int(u64),
+    Str(String),
+}
+
+impl RawConfig {
+    /// Parses config text. The error is one line that names the key and line.
+    pub fn parse(text: &str) -> Result<RawConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
+    }
+}
+
+/// Parses a duration: seconds as an integer, or a number with `ms`, `s`, `m` or `h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("{s:?} is not a duration (expected e.g. 30, \"30s\", \"500ms\", \"5m\")")
+    })?;
+    let ms = match unit.trim() {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" | "min" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
+    };
+    ms.map(Duration::from_millis)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+/// Parses a byte count: a decimal integer with an optional binary suffix (K, M, G, T, with or
+/// without `iB`/`B`), e.g. `65536`, `64K`, `256MiB`. Also the command line's size parser.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, suffix) = t.split_at(digits);
+    if num.is_empty() {
+        return Err(format!(
+            "{s:?} is not a size (expected e.g. 4096, 64K, 256MiB)"
+        ));
+    }
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is too large"))?;
+    let shift = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => return Err(format!("unknown size suffix {other:?} in {s:?}")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}

@@ -1,0 +1,273 @@
+//! Validation: the file's values with the command line's applied over them, checked once into
+//! a [`Config`], secrets read. Every error names where the bad value came from: `FILE: key` or
+//! the flag.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::raw::{RawConfig, Value, parse_duration, parse_size};
+use super::{
+    ArchiveArg, Config, ConfigError, MAX_TIMEOUT, MAX_WORKERS, Overrides, Secret, SnapshotConfig,
+};
+use crate::serving::valid_name;
+use crate::store::file::{read_password, read_small};
+
+/// Longest bearer token file.
+const MAX_TOKEN_FILE: u64 = 64 * 1024;
+
+/// Where a value came from, for its error.
+enum Place {
+    /// A key of the config file.
+    Key(String),
+    /// A command-line flag.
+    Flag(&'static str),
+}
+
+/// The file being validated: names keys in errors and anchors relative paths.
+struct Source<'a> {
+    file: Option<&'a Path>,
+}
+
+impl Source<'_> {
+    fn key(&self, key: &str) -> Place {
+        let file = self
+            .file
+            .map_or_else(String::new, |f| f.display().to_string());
+        Place::Key(format!("{file}: {key}"))
+    }
+
+    /// A path from the file: relative to the file's directory.
+    fn resolve(&self, p: &Path) -> PathBuf {
+        let base = self
+            .file
+            .and_then(Path::parent)
+            .unwrap_or_else(|| Path::new("."));
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    }
+}
+
+impl Place {
+    fn invalid(&self, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            place: match self {
+                Place::Key(k) => k.clone(),
+                Place::Flag(f) => (*f).to_string(),
+            },
+            problem: problem.into(),
+        }
+    }
+
+    fn duration(&self, v: &Value) -> Result<Duration, ConfigError> {
+        let d = match v {
+            Value::Int(n) => Duration::from_secs(*n),
+            Value::Str(s) => parse_duration(s).map_err(|p| self.invalid(p))?,
+        };
+        // Deadlines are computed as `Instant + timeout`; an absurd value would overflow there
+        // on every connection rather than here once.
+        if d > MAX_TIMEOUT {
+            return Err(self.invalid(format!("{} s is longer than a year", d.as_secs())));
+        }
+        Ok(d)
+    }
+
+    fn positive_duration(&self, v: &Value) -> Result<Duration, ConfigError> {
+        let d = self.duration(v)?;
+        if d.is_zero() {
+            return Err(self.invalid("must be greater than 0"));
+        }
+        Ok(d)
+    }
+
+    fn size(&self, v: &Value) -> Result<u64, ConfigError> {
+        match v {
+            Value::Int(n) => Ok(*n),
+            Value::Str(s) => parse_size(s).map_err(|p| self.invalid(p)),
+        }
+    }
+
+    fn at_least_one(&self, n: usize) -> Result<usize, ConfigError> {
+        if n == 0 {
+            return Err(self.invalid("must be at least 1"));
+        }
+        Ok(n)
+    }
+
+    /// The bearer token: the file's first line, trimmed.
+    fn token(&self, path: &Path) -> Result<String, ConfigError> {
+        let bytes = read_small(path, "a token file", MAX_TOKEN_FILE)
+            .map_err(|e| self.invalid(e.to_string()))?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            self.invalid(format!("{}: the token is not UTF-8 text", path.display()))
+        })?;
+        let token = text.lines().next().unwrap_or("").trim();
+        if token.is_empty() {
+            return Err(self.invalid(format!("{}: the token file is empty", path.display())));
+        }
+        Ok(token.to_string())
+    }
+
+    fn password(&self, path: &Path) -> Result<Secret, ConfigError> {
+        read_password(path)
+            .map(Secret)
+            .map_err(|e| self.invalid(e.to_string()))
+    }
+}
+
+/// Validates the file's values (if a file was read) with `ov` applied over them.
+pub(super) fn validate(
+    raw: Option<(RawConfig, &Path)>,
+    ov: &Overrides,
+) -> Result<Config, ConfigError> {
+    let (raw, file) = match raw {
+        Some((r, f)) => (r, Some(f)),
+        None => (RawConfig::default(), None),
+    };
+    let src = Source { file };
+    let mut c = Config {
+        file: file.map(Path::to_path_buf),
+        ..Config::default()
+    };
+
+    let h = raw.http.unwrap_or_default();
+    if let Some(l) = ov.http_listen.clone().or(h.listen) {
+        c.http.listen = l;
+    }
+    let s = &mut c.http.settings;
+    if let Some(n) = h.max_connections {
+        s.max_connections = src.key("http.max_connections").at_least_one(n)?;
+    }
+    if let Some(v) = &h.header_timeout {
+        s.header_timeout = src.key("http.header_timeout").positive_duration(v)?;
+    }
+    if let Some(v) = &h.idle_timeout {
+        s.idle_timeout = src.key("http.idle_timeout").positive_duration(v)?;
+    }
+    if let Some(m) = ov.max_range_bytes {
+        s.max_range_bytes = m;
+    } else if let Some(v) = &h.max_range_bytes {
+        s.max_range_bytes = src.key("http.max_range_bytes").size(v)?;
+    }
+    if let Some(p) = &ov.auth_token_file {
+        s.auth_token = Some(Place::Flag("--auth-token-file").token(p)?);
+    } else if let Some(p) = &h.auth_token_file {
+        s.auth_token = Some(src.key("http.auth_token_file").token(&src.resolve(p))?);
+    }
+
+    let n = raw.nbd.unwrap_or_default();
+    if let Some(l) = ov.nbd_listen.clone().or(n.listen) {
+        c.nbd.listen = l;
+    }
+    if let Some(u) = &ov.nbd_unix {
+        c.nbd.unix.clone_from(u);
+    } else if let Some(u) = &n.unix {
+        c.nbd.unix = u.iter().map(|p| src.resolve(p)).collect();
+    }
+    let s = &mut c.nbd.settings;
+    if let Some(m) = n.max_connections {
+        s.max_connections = src.key("nbd.max_connections").at_least_one(m)?;
+    }
+    if let Some(v) = &n.handshake_timeout {
+        s.handshake_timeout = src.key("nbd.handshake_timeout").positive_duration(v)?;
+    }
+    if let Some(v) = &n.idle_timeout {
+        let d = src.key("nbd.idle_timeout").duration(v)?;
+        s.idle_timeout = (!d.is_zero()).then_some(d);
+    }
+
+    let cache = raw.cache.unwrap_or_default();
+    if let Some(m) = ov.cache_memory {
+        c.cache.memory = m;
+    } else if let Some(v) = &cache.memory {
+        c.cache.memory = src.key("cache.memory").size(v)?;
+    }
+    let workers = match (ov.workers, cache.workers) {
+        (Some(w), _) => Some((w, Place::Flag("--workers"))),
+        (None, Some(w)) => Some((w, src.key("cache.workers"))),
+        (None, None) => None,
+    };
+    if let Some((w, place)) = workers {
+        if w > MAX_WORKERS {
+            return Err(place.invalid(format!("{w} is more than {MAX_WORKERS}")));
+        }
+        c.cache.workers = w;
+    }
+
+    c.snapshots = snapshots(&src, &raw.snapshot)?;
+    c.snapshots.extend(archive_arguments(ov)?);
+
+    if let Some(a) = raw.attach.first() {
+        // Hook: the daemon's `[[attach]]` entries become validated attach configs here.
+        return Err(src.key("attach").invalid(format!(
+            "attaching {:?} to {} needs the kernel (nbd-proxy) support, which this build does not have yet",
+            a.snapshot,
+            a.device.display()
+        )));
+    }
+    Ok(c)
+}
+
+/// The file's `[[snapshot]]` entries: names unique and valid, at most one default, archives
+/// openable (without blocking), passwords read.
+fn snapshots(
+    src: &Source<'_>,
+    raw: &[super::raw::RawSnapshot],
+) -> Result<Vec<SnapshotConfig>, ConfigError> {
+    let mut out: Vec<SnapshotConfig> = Vec::with_capacity(raw.len());
+    for (i, s) in raw.iter().enumerate() {
+        let key = |k: &str| src.key(&format!("snapshot[{i}].{k}"));
+        if !valid_name(&s.name) {
+            return Err(key("name").invalid(format!(
+                "{:?} is not a valid name: use letters, digits, '.', '_' or '-', not \"disk\" or \"memory\"",
+                s.name
+            )));
+        }
+        if out.iter().any(|o| o.name == s.name) {
+            return Err(key("name").invalid(format!("duplicate snapshot name {:?}", s.name)));
+        }
+        let default = s.default.unwrap_or(false);
+        if default && out.iter().any(|o| o.default) {
+            return Err(key("default").invalid("only one snapshot can be the default"));
+        }
+        let path = src.resolve(&s.path);
+        crate::store::file::open_archive(&path).map_err(|e| key("path").invalid(e.to_string()))?;
+        let password = match &s.password_file {
+            Some(p) => Some(key("password_file").password(&src.resolve(p))?),
+            None => None,
+        };
+        out.push(SnapshotConfig {
+            name: s.name.clone(),
+            path,
+            default,
+            password,
+        });
+    }
+    Ok(out)
+}
+
+/// The archive arguments, with the `--password-file` password (read once, and only when there
+/// are archives to use it). The archives themselves are checked when they are opened.
+fn archive_arguments(ov: &Overrides) -> Result<Vec<SnapshotConfig>, ConfigError> {
+    if ov.archives.is_empty() {
+        return Ok(Vec::new());
+    }
+    let password = match &ov.password_file {
+        Some(p) => Some(Place::Flag("--password-file").password(p)?),
+        None => None,
+    };
+    ov.archives
+        .iter()
+        .map(|a| {
+            let a = ArchiveArg::parse(a).map_err(ConfigError::Argument)?;
+            Ok(SnapshotConfig {
+                name: a.name,
+                path: a.path,
+                default: false,
+                password: password.clone(),
+            })
+        })
+        .collect()
+}

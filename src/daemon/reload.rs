@@ -1,0 +1,190 @@
+//! The reload worker: re-reads the config file (with the same command-line overrides), opens
+//! the new snapshot set and swaps it in, on a thread of its own (`reload`), so neither the
+//! signal thread nor the run loop ever waits for a file. SIGHUP design (design.md §4):
+//! snapshots are opened and validated first, then swapped in atomically; open connections keep
+//! the set they started with; a bad new config is logged and the old set keeps serving.
+//! Listener and cache changes need a restart (listeners are never rebound on reload).
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use super::config::{Config, Overrides};
+use super::runtime::Event;
+use super::snapshots::{describe, open_catalog};
+use crate::serving::CatalogHandle;
+use crate::store::Engine;
+
+/// What one reload did, reported to the run loop (hook for sd_notify's `READY=1` and
+/// `STATUS=` after `RELOADING=1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The new snapshot set is in effect; the summary line says what is served.
+    Reloaded(String),
+    /// There is no config file to re-read; nothing changed.
+    NoConfigFile,
+    /// The new config or a snapshot in it failed; the old set keeps serving.
+    Failed(String),
+}
+
+/// Everything a reload reads and the state it replaces. Owned by the reload worker's thread.
+#[derive(Debug)]
+pub struct Reloader {
+    /// The config file, re-read on every reload.
+    pub file: Option<PathBuf>,
+    /// The command line's overrides, applied again on every reload.
+    pub overrides: Overrides,
+    /// The configuration in effect (listeners and cache as at start-up, snapshots as of the
+    /// last successful reload).
+    pub running: Config,
+    /// The store engine the new snapshots open in.
+    pub engine: Arc<Engine>,
+    /// Where the new catalog is swapped in.
+    pub catalog: Arc<CatalogHandle>,
+}
+
+impl Reloader {
+    /// One reload, start to end, logged as before (`reloaded FILE: serving …`, or `reload
+    /// failed, keeping the current snapshots: …`).
+    pub fn reload(&mut self) -> ReloadOutcome {
+        let Some(file) = self.file.clone() else {
+            log::info!("SIGHUP: no config file to re-read; snapshots unchanged");
+            return ReloadOutcome::NoConfigFile;
+        };
+        let new = match Config::load(Some(&file), &self.overrides) {
+            Ok(c) => c,
+            Err(e) => return failed(&e),
+        };
+        if new.http != self.running.http
+            || new.nbd != self.running.nbd
+            || new.cache != self.running.cache
+        {
+            log::warn!("reload: [http], [nbd] and [cache] changes take effect at the next restart");
+        }
+        match open_catalog(&new.snapshots, &self.engine) {
+            Ok(c) => {
+                // Swap first: the log line tells watchers the new set is in effect.
+                let summary = describe(&c);
+                self.catalog.store(c);
+                self.running.snapshots = new.snapshots;
+                log::info!("reloaded {}: {summary}", file.display());
+                ReloadOutcome::Reloaded(summary)
+            }
+            Err(e) => failed(&e),
+        }
+    }
+}
+
+fn failed(e: &dyn std::fmt::Display) -> ReloadOutcome {
+    log::error!("reload failed, keeping the current snapshots: {e}");
+    ReloadOutcome::Failed(e.to_string())
+}
+
+/// The handle on the reload worker thread.
+#[derive(Debug)]
+pub struct ReloadWorker {
+    /// At most one request waits while a reload runs: it re-reads the newest file, so more
+    /// SIGHUPs in the meantime add nothing.
+    requests: Sender<()>,
+}
+
+impl ReloadWorker {
+    /// Starts the worker; each finished reload is reported on `events` as
+    /// [`Event::Reloaded`].
+    pub fn spawn(mut reloader: Reloader, events: Sender<Event>) -> io::Result<ReloadWorker> {
+        let (requests, rx): (Sender<()>, Receiver<()>) = crossbeam_channel::bounded(1);
+        std::thread::Builder::new()
+            .name("reload".into())
+            .spawn(move || {
+                // Ends when the handle is dropped (shutdown).
+                for () in rx {
+                    let outcome = reloader.reload();
+                    if events.send(Event::Reloaded(outcome)).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(ReloadWorker { requests })
+    }
+
+    /// Asks for a reload without waiting. False when one is already pending, which covers
+    /// this request too.
+    pub fn request(&self) -> bool {
+        match self.requests.try_send(()) {
+            Ok(()) => true,
+            Err(TrySendError::Full(())) => false,
+            Err(TrySendError::Disconnected(())) => {
+                log::error!("reload worker is gone; SIGHUP ignored");
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serving::Catalog;
+    use crate::store::EngineConfig;
+
+    fn reloader(file: Option<PathBuf>) -> Reloader {
+        let running = match &file {
+            Some(f) => Config::load(Some(f), &Overrides::default()).unwrap(),
+            None => Config::default(),
+        };
+        let engine = Engine::new(EngineConfig::default()).unwrap();
+        let catalog = Arc::new(CatalogHandle::new(
+            open_catalog(&running.snapshots, &engine).unwrap(),
+        ));
+        Reloader {
+            file,
+            overrides: Overrides::default(),
+            running,
+            engine,
+            catalog,
+        }
+    }
+
+    fn snapshot(name: &str, path: &std::path::Path) -> String {
+        format!(
+            "[[snapshot]]\nname = {name:?}\npath = {:?}\n",
+            path.display().to_string()
+        )
+    }
+
+    #[test]
+    fn without_a_config_file_nothing_changes() {
+        let mut r = reloader(None);
+        assert_eq!(r.reload(), ReloadOutcome::NoConfigFile);
+    }
+
+    #[test]
+    fn a_good_reload_swaps_and_a_failed_one_keeps_the_old_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let hello = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/hexz-0.8.2/hello-lz4.hxz");
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, snapshot("a", &hello)).unwrap();
+        let mut r = reloader(Some(cfg.clone()));
+        let names =
+            |c: &Catalog| -> Vec<String> { c.entries().iter().map(|e| e.name.clone()).collect() };
+        assert_eq!(names(&r.catalog.load()), ["a"]);
+
+        std::fs::write(&cfg, snapshot("a", &hello) + &snapshot("b", &hello)).unwrap();
+        assert!(matches!(r.reload(), ReloadOutcome::Reloaded(s) if s.contains("a (default), b")));
+        assert_eq!(names(&r.catalog.load()), ["a", "b"]);
+        assert_eq!(r.running.snapshots.len(), 2);
+
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        std::fs::write(&cfg, snapshot("c", &fifo)).unwrap();
+        let ReloadOutcome::Failed(e) = r.reload() else {
+            panic!("a FIFO must fail the reload");
+        };
+        assert!(e.contains("is a FIFO"), "{e}");
+        assert_eq!(names(&r.catalog.load()), ["a", "b"]);
+        assert_eq!(r.running.snapshots.len(), 2);
+    }
+}
