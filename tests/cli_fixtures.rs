@@ -214,3 +214,17 @@ fn a_parent_behind_a_symlink_loop_is_reported_as_a_loop_not_as_missing() {
         "{err}"
     );
 }
+
+#[test]
+fn inspect_reports_a_parent_behind_a_symlink_loop_as_a_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = dir.path().join("child.hxz");
+    std::fs::copy(fixture("mixed-child-thin-lz4.hxz"), &child).unwrap();
+    let (a, b) = (dir.path().join("mixed-lz4.hxz"), dir.path().join("b.hxz"));
+    std::os::unix::fs::symlink(&b, &a).unwrap();
+    std::os::unix::fs::symlink(&a, &b).unwrap();
+    let o = run(hexzd().arg("inspect").arg(&child));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("symbolic link loop"), "{out}");
+    assert!(!out.contains("not found"), "{out}");
+}

@@ -158,7 +158,8 @@ fn parent_chain(
         };
         let found = parent_candidates(child, name)
             .into_iter()
-            .find(|c| c.exists());
+            // A symbolic link loop is not "not found": opening it reports the loop.
+            .find(|c| !matches!(c.try_exists(), Ok(false)));
         match found {
             None => rep.error = Some("not found".into()),
             Some(c) => {
