@@ -9,11 +9,10 @@
 //! `*-accept` on poll of its listener and the shutdown pipe. So a stop is handled at once
 //! whatever a reload is doing.
 //!
-//! Hook points for what comes next (each a method below, called at the right moment):
-//! [`on_ready`](Runtime::on_ready), [`on_reload_requested`](Runtime::on_reload_requested),
-//! [`on_reloaded`](Runtime::on_reloaded) and [`on_stopping`](Runtime::on_stopping) for
-//! sd_notify (`READY=1`, `RELOADING=1`, `STATUS=`, `STOPPING=1`); a watchdog tick is one more
-//! [`Event`] (or a `recv_timeout` in the run loop); socket activation is a listener source in
+//! Hook points for what comes next (each a private method below, called at the right
+//! moment): `on_ready`, `on_reload_requested`, `on_reloaded` and `on_stopping` for sd_notify
+//! (`READY=1`, `RELOADING=1`, `STATUS=`, `STOPPING=1`); a watchdog tick is one more [`Event`]
+//! (or a `recv_timeout` in the run loop); socket activation is a listener source in
 //! `listener::obtain`; `[[attach]]` entries start in `run` after the listeners and stop before
 //! the drain.
 
