@@ -228,3 +228,46 @@ fn inspect_reports_a_parent_behind_a_symlink_loop_as_a_loop() {
     assert!(out.contains("symbolic link loop"), "{out}");
     assert!(!out.contains("not found"), "{out}");
 }
+
+/// A read-only loop device over a file, detached on drop.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn an_archive_on_a_block_device_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("blk.img");
+    let mut bytes = std::fs::read(fixture("mixed-lz4.hxz")).unwrap();
+    // A loop device's size is whole 512-byte sectors; the padding lies past the index.
+    bytes.resize(bytes.len().div_ceil(512) * 512, 0);
+    std::fs::write(&img, bytes).unwrap();
+    // Needs root and loop devices; skips (saying so) where there are none.
+    let attached = std::process::Command::new("losetup")
+        .args(["-f", "--show", "-r"])
+        .arg(&img)
+        .output();
+    let dev = match attached {
+        Ok(o) if o.status.success() => Loop(String::from_utf8_lossy(&o.stdout).trim().to_string()),
+        Ok(o) => {
+            eprintln!(
+                "SKIP: no loop device: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            return;
+        }
+        Err(e) => {
+            eprintln!("SKIP: losetup: {e}");
+            return;
+        }
+    };
+    let o = run(hexzd().arg("cat").arg(&dev.0));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.stdout == std::fs::read(fixture("mixed.img")).unwrap());
+}
