@@ -198,9 +198,10 @@ impl CodecContext {
 
     /// Decodes the first `need` bytes of a block of `logical_len` bytes into `buf[..need]`,
     /// growing `buf` if it is shorter (it is a buffer reused across blocks, so it is zeroed
-    /// only when it grows). LZ4 stops at byte `need` ([`lz4_prefix`](super::lz4_prefix)); a
-    /// whole block (`need == logical_len`) and Zstd frames are decoded whole and checked to
-    /// be exactly `logical_len` bytes. `need` must not exceed `logical_len`.
+    /// only when it grows). LZ4 stops writing at byte `need` and only checks the rest
+    /// ([`lz4_prefix`](super::lz4_prefix)); a whole block (`need == logical_len`) and Zstd
+    /// frames are decoded whole. Either way a block that does not decode to exactly
+    /// `logical_len` bytes is an error. `need` must not exceed `logical_len`.
     pub fn decompress_prefix(
         &mut self,
         codec: Compression,
@@ -220,7 +221,14 @@ impl CodecContext {
             if stored.len() < 4 {
                 return Err(CodecError::Lz4TooShort(stored.len()));
             }
-            Ok(super::lz4_prefix::decode_prefix(&stored[4..], out)?)
+            let actual = super::lz4_prefix::decode_prefix(&stored[4..], out)?;
+            if actual != logical_len {
+                return Err(CodecError::SizeMismatch {
+                    expected: logical_len,
+                    actual,
+                });
+            }
+            Ok(())
         } else {
             self.decompress(codec, stored, out, dictionary)
         }

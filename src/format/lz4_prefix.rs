@@ -9,42 +9,41 @@
 //! matches as fixed 16- and 18-byte chunks when both buffers have room, the same trick
 //! `lz4_flex` and the reference C decoder use, with bounds checks the compiler keeps cheap.
 //!
-//! What a prefix cannot check: that the rest of the block is well formed and decodes to
-//! exactly `logical_len` bytes. Callers check the CRC of the stored bytes first, so the bytes
-//! decoded are the ones the writer stored; every sequence the prefix needs is still checked
-//! (offsets inside the output, literals inside the input, lengths that end in time).
+//! A corrupt block is never served as data: callers check the CRC of the stored bytes first,
+//! and once the prefix is decoded the rest of the block is walked without being written,
+//! checking every sequence as a full decode would and adding up the decoded length, which
+//! must equal `logical_len`. The walk costs a read of each sequence header but no copying,
+//! which is where LZ4 decoding spends its time on long matches and literal runs.
 
 /// Why a prefix could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PrefixError {
-    /// The compressed data ended after `decoded` bytes, before the prefix was complete.
-    #[error("LZ4 data ends after {decoded} decoded bytes, before byte {wanted}")]
-    TooShort { decoded: usize, wanted: usize },
     /// A literal run reaches past the end of the compressed data.
     #[error("LZ4 literal run past the end of the input")]
     LiteralOutOfBounds,
     /// A match offset of zero, or one reaching before the start of the block.
     #[error("LZ4 match offset {offset} at output position {position} is out of bounds")]
     BadOffset { offset: usize, position: usize },
-    /// A length or offset field is cut off by the end of the input.
-    #[error("LZ4 data ends inside a sequence header")]
+    /// The input ends inside a sequence or right after a match.
+    #[error("LZ4 data ends inside a sequence")]
     Truncated,
 }
 
-/// Decodes the LZ4 block `input` (without its 4-byte size prefix) until `out` is full: on
-/// success `out` holds the block's first `out.len()` bytes. The block may be longer; it must
-/// not be shorter.
-pub fn decode_prefix(input: &[u8], out: &mut [u8]) -> Result<(), PrefixError> {
+/// Decodes the LZ4 block `input` (without its 4-byte size prefix) until `out` is full, then
+/// walks the rest of the block without writing anything, checking each sequence as a full
+/// decode would (literals inside the input, offsets inside the output, no sequence cut off).
+/// Returns the block's decoded length, which callers compare with `logical_len`: a block
+/// that does not decode to exactly its recorded size is an error even when the read needs
+/// only its first bytes. `out` holds the block's first `out.len()` bytes when the returned
+/// length is at least that.
+pub fn decode_prefix(input: &[u8], out: &mut [u8]) -> Result<usize, PrefixError> {
     let (mut ip, mut op) = (0usize, 0usize);
     let want = out.len();
-    if want == 0 {
-        return Ok(());
-    }
     loop {
-        let token = *input.get(ip).ok_or(PrefixError::TooShort {
-            decoded: op,
-            wanted: want,
-        })?;
+        if op >= want {
+            return walk(input, ip, op);
+        }
+        let token = *input.get(ip).ok_or(PrefixError::Truncated)?;
         ip += 1;
 
         // Literals.
@@ -61,53 +60,71 @@ pub fn decode_prefix(input: &[u8], out: &mut [u8]) -> Result<(), PrefixError> {
             let src = input.get(ip..end).ok_or(PrefixError::LiteralOutOfBounds)?;
             let n = lit.min(want - op);
             out[op..op + n].copy_from_slice(&src[..n]);
-            if n < lit {
-                return Ok(());
-            }
         }
         ip += lit;
         op += lit;
-        if op >= want {
-            return Ok(());
+        // The last sequence has literals only: the block ends here.
+        if ip == input.len() {
+            return Ok(op);
         }
 
-        // The last sequence has literals only: the block ends here.
-        let Some(off) = input.get(ip..ip + 2) else {
-            return Err(if ip == input.len() {
-                PrefixError::TooShort {
-                    decoded: op,
-                    wanted: want,
-                }
-            } else {
-                PrefixError::Truncated
-            });
-        };
-        let offset = usize::from(u16::from_le_bytes([off[0], off[1]]));
-        ip += 2;
-        if offset == 0 || offset > op {
-            return Err(PrefixError::BadOffset {
-                offset,
-                position: op,
-            });
-        }
-        let mut len = usize::from(token & 15) + 4;
-        if len == 19 {
-            len += read_length(input, &mut ip)?;
-        }
+        let (offset, len) = read_match(input, &mut ip, token, op)?;
         let start = op - offset;
         if len <= 18 && offset >= 18 && op + 18 <= want {
             // Wild copy of a short match whose source ends before the destination starts.
             out.copy_within(start..start + 18, op);
-            op += len;
-        } else {
-            let n = len.min(want - op);
-            copy_match(out, start, op, n);
-            op += n;
-            if op >= want {
-                return Ok(());
-            }
+        } else if op < want {
+            copy_match(out, start, op, len.min(want - op));
         }
+        op += len;
     }
+}
+
+/// Checks the sequences from `ip` (a token, after a match that ended at output position
+/// `op`) to the end of the block without decoding them; returns the block's decoded length.
+fn walk(input: &[u8], mut ip: usize, mut op: usize) -> Result<usize, PrefixError> {
+    loop {
+        // A block cannot end after a match: its last sequence is literals only.
+        let token = *input.get(ip).ok_or(PrefixError::Truncated)?;
+        ip += 1;
+        let mut lit = usize::from(token >> 4);
+        if lit == 15 {
+            lit += read_length(input, &mut ip)?;
+        }
+        ip = ip
+            .checked_add(lit)
+            .filter(|&e| e <= input.len())
+            .ok_or(PrefixError::LiteralOutOfBounds)?;
+        op = op.saturating_add(lit);
+        if ip == input.len() {
+            return Ok(op);
+        }
+        let (_, len) = read_match(input, &mut ip, token, op)?;
+        op = op.saturating_add(len);
+    }
+}
+
+/// Reads a match's offset and length and checks the offset against output position `op`.
+fn read_match(
+    input: &[u8],
+    ip: &mut usize,
+    token: u8,
+    op: usize,
+) -> Result<(usize, usize), PrefixError> {
+    let off = input.get(*ip..*ip + 2).ok_or(PrefixError::Truncated)?;
+    let offset = usize::from(u16::from_le_bytes([off[0], off[1]]));
+    *ip += 2;
+    if offset == 0 || offset > op {
+        return Err(PrefixError::BadOffset {
+            offset,
+            position: op,
+        });
+    }
+    let mut len = usize::from(token & 15) + 4;
+    if len == 19 {
+        len += read_length(input, ip)?;
+    }
+    Ok((offset, len))
 }
 
 /// Reads the extra bytes of a length field (each 255 adds 255 and continues).
@@ -183,28 +200,23 @@ mod tests {
             wants.extend([data.len(), data.len().saturating_sub(1), 1, 17, 4096]);
             for want in wants.into_iter().filter(|&w| w <= data.len()) {
                 let mut out = vec![0xAA; want];
-                decode_prefix(&packed, &mut out).unwrap_or_else(|e| panic!("{want}: {e}"));
+                let n = decode_prefix(&packed, &mut out).unwrap_or_else(|e| panic!("{want}: {e}"));
+                assert_eq!(n, data.len(), "decoded length with a prefix of {want}");
                 assert!(out == data[..want], "prefix of {want} differs");
             }
         }
     }
 
     #[test]
-    fn a_prefix_longer_than_the_block_is_an_error() {
+    fn a_prefix_longer_than_the_block_reports_the_true_length() {
         let data = data_sets().swap_remove(0);
         let packed = lz4_flex::block::compress(&data);
         let mut out = vec![0; data.len() + 1];
-        assert_eq!(
-            decode_prefix(&packed, &mut out),
-            Err(PrefixError::TooShort {
-                decoded: data.len(),
-                wanted: data.len() + 1
-            })
-        );
+        assert_eq!(decode_prefix(&packed, &mut out), Ok(data.len()));
     }
 
     #[test]
-    fn truncated_input_fails_cleanly_for_a_whole_block() {
+    fn truncated_input_never_decodes_to_the_full_length() {
         for data in data_sets() {
             let packed = lz4_flex::block::compress(&data);
             let cuts = [
@@ -216,12 +228,15 @@ mod tests {
                 packed.len() - 1,
             ];
             for cut in cuts.into_iter().filter(|&c| c < packed.len()) {
-                let mut out = vec![0; data.len()];
-                assert!(
-                    decode_prefix(&packed[..cut], &mut out).is_err(),
-                    "cut at {cut} of {}",
-                    packed.len()
-                );
+                // Whatever is needed of it, a cut block never decodes to its full length.
+                for want in [0, 1, data.len() / 2, data.len()] {
+                    let mut out = vec![0; want];
+                    assert!(
+                        decode_prefix(&packed[..cut], &mut out) != Ok(data.len()),
+                        "cut at {cut} of {}, prefix {want}",
+                        packed.len()
+                    );
+                }
             }
         }
     }
@@ -230,14 +245,18 @@ mod tests {
     fn offsets_before_the_block_start_are_refused() {
         // 4 literals "abcd", then a match of 4 at offset 5 (one byte before the start).
         let bad = [0x40, b'a', b'b', b'c', b'd', 5, 0, 0x10, b'e'];
+        // Found whether the read needs those bytes or only the first two.
+        for want in [9, 2] {
+            let mut out = vec![0u8; want];
+            assert_eq!(
+                decode_prefix(&bad, &mut out),
+                Err(PrefixError::BadOffset {
+                    offset: 5,
+                    position: 4
+                })
+            );
+        }
         let mut out = [0u8; 9];
-        assert_eq!(
-            decode_prefix(&bad, &mut out),
-            Err(PrefixError::BadOffset {
-                offset: 5,
-                position: 4
-            })
-        );
         let zero = [0x40, b'a', b'b', b'c', b'd', 0, 0, 0x10, b'e'];
         assert!(matches!(
             decode_prefix(&zero, &mut out),
@@ -260,7 +279,7 @@ mod tests {
         // "ab" then a match of 40 at offset 2, then "!" as the last literals.
         let block = [0x2F, b'a', b'b', 2, 0, 40 - 19, 0x10, b'!'];
         let mut out = [0u8; 43];
-        decode_prefix(&block, &mut out).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(decode_prefix(&block, &mut out), Ok(43));
         let mut want = b"ab".repeat(21);
         want.push(b'!');
         assert_eq!(out.as_slice(), want.as_slice());
