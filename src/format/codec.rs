@@ -50,6 +50,9 @@ pub enum CodecError {
     /// The Zstd decoder refused the data.
     #[error("Zstd frame is corrupt: {0}")]
     Zstd(String),
+    /// The LZ4 decoder refused the part of the block a read needs.
+    #[error("LZ4 data is corrupt: {0}")]
+    Lz4Prefix(#[from] super::lz4_prefix::PrefixError),
     /// The block decoded to a size other than `logical_len`.
     #[error("block decompressed to {actual} bytes, expected {expected}")]
     SizeMismatch { expected: usize, actual: usize },
@@ -191,6 +194,44 @@ impl CodecContext {
             });
         }
         Ok(out)
+    }
+
+    /// Decodes the first `need` bytes of a block of `logical_len` bytes into `buf[..need]`,
+    /// growing `buf` if it is shorter (it is a buffer reused across blocks, so it is zeroed
+    /// only when it grows). LZ4 stops writing at byte `need` and only checks the rest
+    /// ([`lz4_prefix`](super::lz4_prefix)); a whole block (`need == logical_len`) and Zstd
+    /// frames are decoded whole. Either way a block that does not decode to exactly
+    /// `logical_len` bytes is an error. `need` must not exceed `logical_len`.
+    pub fn decompress_prefix(
+        &mut self,
+        codec: Compression,
+        stored: &[u8],
+        logical_len: usize,
+        need: usize,
+        buf: &mut Vec<u8>,
+        dictionary: Option<&Dictionary>,
+    ) -> Result<(), CodecError> {
+        let partial = codec == Compression::Lz4 && need < logical_len;
+        let n = if partial { need } else { logical_len };
+        if buf.len() < n {
+            buf.resize(n, 0);
+        }
+        let out = &mut buf[..n];
+        if partial {
+            if stored.len() < 4 {
+                return Err(CodecError::Lz4TooShort(stored.len()));
+            }
+            let actual = super::lz4_prefix::decode_prefix(&stored[4..], out)?;
+            if actual != logical_len {
+                return Err(CodecError::SizeMismatch {
+                    expected: logical_len,
+                    actual,
+                });
+            }
+            Ok(())
+        } else {
+            self.decompress(codec, stored, out, dictionary)
+        }
     }
 
     /// Compresses `data` and appends the stored form to `out` (LZ4 with its size prefix, or one
@@ -338,6 +379,50 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn decompress_prefix_gives_the_first_bytes_and_reuses_the_buffer() {
+        let data = sample();
+        let mut ctx = CodecContext::default();
+        let mut buf = Vec::new();
+        for codec in [Compression::Lz4, Compression::Zstd] {
+            let mut stored = Vec::new();
+            ctx.compress(codec, &data, &mut stored).unwrap();
+            for need in [1, 4096, 33_333, data.len()] {
+                ctx.decompress_prefix(codec, &stored, data.len(), need, &mut buf, None)
+                    .unwrap();
+                assert!(buf[..need] == data[..need], "{codec:?} {need}");
+            }
+            // A whole block is still checked against its length.
+            assert!(
+                ctx.decompress_prefix(
+                    codec,
+                    &stored,
+                    data.len() + 1,
+                    data.len() + 1,
+                    &mut buf,
+                    None
+                )
+                .is_err()
+            );
+            // Cut stored bytes fail, however little is needed from them.
+            for cut in [0, 3, stored.len() / 2] {
+                assert!(
+                    ctx.decompress_prefix(
+                        codec,
+                        &stored[..cut],
+                        data.len(),
+                        data.len() - 1,
+                        &mut buf,
+                        None
+                    )
+                    .is_err(),
+                    "{codec:?} cut at {cut}"
+                );
+            }
+        }
+        assert!(buf.capacity() >= data.len());
     }
 
     #[test]

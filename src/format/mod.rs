@@ -9,6 +9,7 @@ pub mod codec;
 pub mod crypto;
 pub mod header;
 pub mod index;
+pub mod lz4_prefix;
 pub mod writer;
 
 pub use codec::{CodecError, Compression};

@@ -41,6 +41,48 @@ pub(crate) fn decode_into(
     )?)
 }
 
+/// Decodes the first `need` bytes of the data block `info` into `scratch.block[..need]`: LZ4
+/// stops there, so a read of a few KiB that the cache will not keep decodes half a block on
+/// average instead of all of it. The stored bytes stay in `scratch` for [`decode_loaded`].
+pub(crate) fn decode_prefix(
+    archive: &Archive,
+    info: &BlockInfo,
+    index: u64,
+    scratch: &mut Scratch,
+    need: usize,
+) -> Result<(), BlockFault> {
+    scratch.plain_len = load(archive, info, index, scratch)?;
+    let Scratch {
+        codec,
+        stored,
+        plain_len,
+        block,
+    } = scratch;
+    Ok(codec.decompress_prefix(
+        archive.header().compression,
+        &stored[..*plain_len],
+        info.logical_len as usize,
+        need,
+        block,
+        archive.dictionary.as_ref(),
+    )?)
+}
+
+/// Decodes the whole block whose stored bytes [`decode_prefix`] left in `scratch` into a new
+/// vector (for a reader that arrived while the prefix was decoded and needs all of it).
+pub(crate) fn decode_loaded(
+    archive: &Archive,
+    info: &BlockInfo,
+    scratch: &mut Scratch,
+) -> Result<Vec<u8>, BlockFault> {
+    Ok(scratch.codec.decompress_to_vec(
+        archive.header().compression,
+        &scratch.stored[..scratch.plain_len],
+        info.logical_len as usize,
+        archive.dictionary.as_ref(),
+    )?)
+}
+
 /// Checks the entry's bounds, reads its stored bytes into `scratch.stored`, checks the CRC
 /// and decrypts in place. Returns the length of the plaintext at the start of the buffer.
 fn load(

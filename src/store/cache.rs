@@ -1,10 +1,24 @@
-//! A byte-bounded, sharded LRU cache with in-flight deduplication.
+//! A byte-bounded, sharded LRU cache with in-flight deduplication and scan-resistant
+//! admission.
 //!
 //! Decompressed blocks and parsed index pages live here. Each shard is one mutex around an
 //! `lru::LruCache` plus a map of loads in progress; a key is in at most one of the two. The
 //! first reader that misses a key becomes its owner and starts the load; readers that miss
 //! while it is in flight register as waiters and are told the result through their own
 //! channel, so two clients asking for the same cold block cause one decompression.
+//!
+//! Admission (the "A1out" ghost list of 2Q): a load that starts on a key's first miss is not
+//! kept; the key's hash goes to a bounded FIFO of recently missed keys instead, and a load
+//! that starts while its key is there is kept. A block therefore enters the cache on its
+//! second miss within the ghost's reach. A long sequential scan (nbdcopy, a VM reading its
+//! whole disk, a full GET) touches each block once, so it neither evicts what random readers
+//! keep using nor pays for copying every block into new cache memory (first-touch page faults
+//! made a filling cache slower than no cache at all); its reader decodes only what it needs,
+//! into reused buffers. A scan whose requests do not line up with blocks touches the blocks
+//! on its request boundaries twice, the second time exactly where the first read stopped
+//! ([`Span`]): such a continuation is not a second use, unless it is the second one in a row
+//! (small sequential reads, which the cache should serve). Explicit prefetches
+//! ([`ShardedCache::claim`]) are always kept.
 //!
 //! Lock order: a shard lock may be held while taking a [`Pending`] lock, never the reverse.
 
@@ -25,11 +39,34 @@ const MAX_SHARDS: usize = 64;
 /// A message to a waiter: its own tag and the load's result.
 pub type Notice<V, E> = (usize, Result<V, E>);
 
+/// Ghost entries per byte of shard capacity: one per 32 KiB, about as many keys as the shard
+/// holds blocks of 32 KiB (2-4 times its entries for the usual 64-128 KiB blocks), at about
+/// 60 bytes each.
+const GHOST_BYTES_PER_ENTRY: usize = 32 * 1024;
+
+/// The part of a block a read needs, `start..end` in bytes from the block's start: what
+/// tells a scan continuing through a block from a second use of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    pub start: u32,
+    pub end: u32,
+}
+
+/// What the ghost remembers of a key's last miss: where that read stopped, and how many
+/// continuations in a row led there.
+#[derive(Debug, Clone, Copy)]
+struct Ghost {
+    end: u32,
+    continuations: u8,
+}
+
 /// A load in progress. The owner completes it exactly once; waiters registered before that get
 /// the result on their channel, waiters arriving after find the value in the LRU instead.
 #[derive(Debug)]
 pub struct Pending<V, E> {
     state: Mutex<PendingState<V, E>>,
+    /// Whether a successful result will be kept in the cache (decided when the load starts).
+    admit: bool,
 }
 
 #[derive(Debug)]
@@ -38,16 +75,25 @@ struct PendingState<V, E> {
     waiters: Vec<(Sender<Notice<V, E>>, usize)>,
 }
 
-impl<V: Clone, E: Clone> Pending<V, E> {
-    fn new() -> Self {
+impl<V, E> Pending<V, E> {
+    fn new(admit: bool) -> Self {
         Pending {
             state: Mutex::new(PendingState {
                 done: None,
                 waiters: Vec::new(),
             }),
+            admit,
         }
     }
 
+    /// Whether the cache keeps this load's value: if not, and nobody waits for it, its owner
+    /// need not build a whole block buffer (see [`ShardedCache::complete_with`]).
+    pub fn admitted(&self) -> bool {
+        self.admit
+    }
+}
+
+impl<V: Clone, E: Clone> Pending<V, E> {
     /// Registers `tx` to receive `(tag, result)`; sends at once if the load already finished.
     pub fn wait(&self, tx: Sender<Notice<V, E>>, tag: usize) {
         let mut st = lock(&self.state);
@@ -89,13 +135,57 @@ pub enum Lookup<V, E> {
     Owner(Arc<Pending<V, E>>),
 }
 
+/// What [`ShardedCache::entry`] found.
+#[derive(Debug)]
+pub enum Entry<V, E, W> {
+    /// The value was cached.
+    Hit(V),
+    /// Another reader is loading it; `W` is what the caller's `wait` returned when it
+    /// registered (under the shard lock, so the load cannot end unnoticed in between).
+    Loading(W),
+    /// Nobody is loading it: the caller owns the load and must complete it.
+    Owner(Arc<Pending<V, E>>),
+}
+
 struct Shard<K: Hash + Eq, V, E> {
     lru: LruCache<K, (V, usize)>,
     bytes: usize,
     pending: HashMap<K, Arc<Pending<V, E>>>,
+    /// Hashes of keys whose last load was not kept, oldest first (`None` when caching is off).
+    ghost: Option<LruCache<u64, Ghost>>,
 }
 
 impl<K: Hash + Eq, V, E> Shard<K, V, E> {
+    /// Decides whether a load of the key with hash `h` for a read of `span` will be kept: yes
+    /// if the key missed recently (it leaves the ghost list), unless this read merely
+    /// continues where the last one stopped for the first time; otherwise no, and the key is
+    /// remembered.
+    fn admit(&mut self, h: u64, span: Span) -> bool {
+        let Some(ghost) = self.ghost.as_mut() else {
+            return false;
+        };
+        let continuations = match ghost.pop(&h) {
+            Some(g) if g.end == span.start && span.start > 0 && g.continuations == 0 => 1,
+            Some(_) => return true,
+            None => 0,
+        };
+        ghost.put(
+            h,
+            Ghost {
+                end: span.end,
+                continuations,
+            },
+        );
+        false
+    }
+
+    /// Starts a load of `key`.
+    fn start(&mut self, key: K, admit: bool) -> Arc<Pending<V, E>> {
+        let p = Arc::new(Pending::new(admit));
+        self.pending.insert(key, Arc::clone(&p));
+        p
+    }
+
     /// Caches `value` at `cost` bytes, then evicts least recently used entries until the shard
     /// fits in `capacity` again.
     fn put(&mut self, key: K, value: V, cost: usize, capacity: usize) {
@@ -151,12 +241,14 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone> ShardedCache<K, V, E> {
         } else {
             n.next_power_of_two() / 2
         };
+        let ghost_len = capacity / n / GHOST_BYTES_PER_ENTRY;
         let shards = (0..n)
             .map(|_| {
                 Mutex::new(Shard {
                     lru: LruCache::unbounded(),
                     bytes: 0,
                     pending: HashMap::new(),
+                    ghost: std::num::NonZeroUsize::new(ghost_len).map(LruCache::new),
                 })
             })
             .collect();
@@ -173,10 +265,35 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone> ShardedCache<K, V, E> {
     }
 
     fn shard(&self, key: &K) -> &Mutex<Shard<K, V, E>> {
-        let h = self.hasher.hash_one(key);
+        self.shard_of(self.hasher.hash_one(key))
+    }
+
+    fn shard_of(&self, h: u64) -> &Mutex<Shard<K, V, E>> {
         // The shard count is a power of two no larger than 64, so the masked hash fits.
         let mask = (self.shards.len() - 1) as u64;
         &self.shards[usize::try_from(h & mask).unwrap_or(0)]
+    }
+
+    /// Looks `key` up: a hit, the load in flight (then `wait` registers the caller on it, under
+    /// the shard lock), or a new load the caller owns (kept in the cache only if
+    /// [`Pending::admitted`]).
+    pub fn entry<W>(
+        &self,
+        key: &K,
+        span: Span,
+        wait: impl FnOnce(&Pending<V, E>) -> W,
+    ) -> Entry<V, E, W> {
+        let h = self.hasher.hash_one(key);
+        let mut shard = lock(self.shard_of(h));
+        if let Some((v, _)) = shard.lru.get(key) {
+            return Entry::Hit(v.clone());
+        }
+        if let Some(p) = shard.pending.get(key) {
+            // Registering under the shard lock: `complete_with` relies on it.
+            return Entry::Loading(wait(p));
+        }
+        let admit = shard.admit(h, span);
+        Entry::Owner(shard.start(key.clone(), admit))
     }
 
     /// Returns the cached value, if any, and marks it recently used.
@@ -186,38 +303,47 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone> ShardedCache<K, V, E> {
 
     /// Looks `key` up; on a miss registers the caller (`tx`, `tag`) as a waiter, and makes it the
     /// owner if no load is in flight.
-    pub fn get_or_wait(&self, key: &K, tx: &Sender<Notice<V, E>>, tag: usize) -> Lookup<V, E> {
-        self.lookup(key, tx, tag, true)
+    pub fn get_or_wait(
+        &self,
+        key: &K,
+        span: Span,
+        tx: &Sender<Notice<V, E>>,
+        tag: usize,
+    ) -> Lookup<V, E> {
+        self.lookup(key, span, tx, tag, true)
     }
 
     /// Like [`get_or_wait`](Self::get_or_wait), but an owner is not registered as a waiter on
     /// its own load: a reader that decodes a block itself, straight into its buffer, ends the
     /// load with [`complete_with`](Self::complete_with) and needs no notice.
-    pub fn get_or_claim(&self, key: &K, tx: &Sender<Notice<V, E>>, tag: usize) -> Lookup<V, E> {
-        self.lookup(key, tx, tag, false)
+    pub fn get_or_claim(
+        &self,
+        key: &K,
+        span: Span,
+        tx: &Sender<Notice<V, E>>,
+        tag: usize,
+    ) -> Lookup<V, E> {
+        self.lookup(key, span, tx, tag, false)
     }
 
     fn lookup(
         &self,
         key: &K,
+        span: Span,
         tx: &Sender<Notice<V, E>>,
         tag: usize,
         owner_waits: bool,
     ) -> Lookup<V, E> {
-        let mut shard = lock(self.shard(key));
-        if let Some((v, _)) = shard.lru.get(key) {
-            return Lookup::Hit(v.clone());
+        match self.entry(key, span, |p| p.wait(tx.clone(), tag)) {
+            Entry::Hit(v) => Lookup::Hit(v),
+            Entry::Loading(()) => Lookup::Waiting,
+            Entry::Owner(p) => {
+                if owner_waits {
+                    p.wait(tx.clone(), tag);
+                }
+                Lookup::Owner(p)
+            }
         }
-        if let Some(p) = shard.pending.get(key) {
-            p.wait(tx.clone(), tag);
-            return Lookup::Waiting;
-        }
-        let p = Arc::new(Pending::new());
-        if owner_waits {
-            p.wait(tx.clone(), tag);
-        }
-        shard.pending.insert(key.clone(), Arc::clone(&p));
-        Lookup::Owner(p)
     }
 
     /// Starts a load unless the key is cached or already loading (prefetch). Returns the
@@ -227,19 +353,18 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone> ShardedCache<K, V, E> {
         if shard.lru.contains(key) || shard.pending.contains_key(key) {
             return None;
         }
-        let p = Arc::new(Pending::new());
-        shard.pending.insert(key.clone(), Arc::clone(&p));
-        Some(p)
+        Some(shard.start(key.clone(), true))
     }
 
-    /// Ends the owner's load: caches a success (if it fits), then tells every waiter.
+    /// Ends the owner's load: caches a success (if admitted and it fits), then tells every
+    /// waiter.
     pub fn complete(&self, key: &K, pending: &Pending<V, E>, result: Result<V, E>, weight: usize) {
         {
             let mut shard = lock(self.shard(key));
             shard.pending.remove(key);
             let cost = weight + ENTRY_OVERHEAD;
             if let Ok(v) = &result {
-                if cost <= self.shard_capacity {
+                if pending.admit && cost <= self.shard_capacity {
                     shard.put(key.clone(), v.clone(), cost, self.shard_capacity);
                 }
             }
@@ -248,17 +373,17 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone> ShardedCache<K, V, E> {
     }
 
     /// Ends the owner's load when the value may be wanted by nobody: `make` builds it only if
-    /// it will be cached or a reader waits for it. With the cache off, a block that one reader
-    /// decoded into its own buffer is then never copied.
+    /// it will be cached or a reader waits for it. A block that one reader decoded (or partly
+    /// decoded) into its own buffer and that the cache does not admit is then never copied.
     pub fn complete_with(
         &self,
         key: &K,
         pending: &Pending<V, E>,
         result: Result<(), E>,
         weight: usize,
-        make: impl FnOnce() -> V,
+        make: impl FnOnce() -> Result<V, E>,
     ) {
-        if result.is_ok() && weight + ENTRY_OVERHEAD > self.shard_capacity {
+        if result.is_ok() && (!pending.admit || weight + ENTRY_OVERHEAD > self.shard_capacity) {
             let mut shard = lock(self.shard(key));
             // Waiters register under the shard lock, so none can arrive between this check
             // and the removal.
@@ -267,7 +392,7 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone> ShardedCache<K, V, E> {
                 return;
             }
         }
-        self.complete(key, pending, result.map(|()| make()), weight);
+        self.complete(key, pending, result.and_then(|()| make()), weight);
     }
 
     /// Inserts a value loaded outside the pending protocol (index pages).
@@ -296,95 +421,4 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone> ShardedCache<K, V, E> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    type C = ShardedCache<u64, Arc<Vec<u8>>, String>;
-
-    #[test]
-    fn owner_then_waiter_then_hit() {
-        let c = C::new(64 << 20);
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let Lookup::Owner(p) = c.get_or_wait(&1, &tx, 10) else {
-            panic!("first lookup must own")
-        };
-        assert!(matches!(c.get_or_wait(&1, &tx, 11), Lookup::Waiting));
-        assert!(c.claim(&1).is_none());
-        c.complete(&1, &p, Ok(Arc::new(vec![7; 100])), 100);
-        let mut tags: Vec<usize> = rx
-            .try_iter()
-            .map(|(t, r)| {
-                assert_eq!(r.unwrap().len(), 100);
-                t
-            })
-            .collect();
-        tags.sort_unstable();
-        assert_eq!(tags, [10, 11]);
-        assert!(matches!(c.get_or_wait(&1, &tx, 12), Lookup::Hit(_)));
-    }
-
-    #[test]
-    fn errors_are_not_cached() {
-        let c = C::new(64 << 20);
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let Lookup::Owner(p) = c.get_or_wait(&1, &tx, 0) else {
-            panic!()
-        };
-        c.complete(&1, &p, Err("crc".into()), 0);
-        assert_eq!(rx.recv().unwrap().1.unwrap_err(), "crc");
-        assert!(matches!(c.get_or_wait(&1, &tx, 0), Lookup::Owner(_)));
-    }
-
-    #[test]
-    fn capacity_is_respected() {
-        let c = C::new(8 << 20);
-        for k in 0..1000u64 {
-            c.insert(k, Arc::new(vec![0; 64 << 10]), 64 << 10);
-        }
-        assert!(c.used() <= c.capacity());
-        assert!(c.len() > 50, "{}", c.len());
-    }
-
-    #[test]
-    fn complete_with_builds_the_value_only_when_wanted() {
-        let off = C::new(0);
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let Lookup::Owner(p) = off.get_or_claim(&1, &tx, 0) else {
-            panic!("expected owner")
-        };
-        off.complete_with(&1, &p, Ok(()), 4, || unreachable!("nobody wants it"));
-        assert!(rx.try_recv().is_err(), "an owner is not its own waiter");
-        // The load is over: the next reader owns a new one.
-        let Lookup::Owner(p) = off.get_or_claim(&1, &tx, 0) else {
-            panic!("expected owner")
-        };
-        let (tx2, rx2) = crossbeam_channel::unbounded();
-        assert!(matches!(off.get_or_claim(&1, &tx2, 7), Lookup::Waiting));
-        off.complete_with(&1, &p, Ok(()), 4, || Arc::new(vec![9; 4]));
-        assert_eq!(rx2.recv().unwrap(), (7, Ok(Arc::new(vec![9; 4]))));
-
-        let on = C::new(64 << 20);
-        let Lookup::Owner(p) = on.get_or_claim(&2, &tx, 0) else {
-            panic!("expected owner")
-        };
-        on.complete_with(&2, &p, Ok(()), 4, || Arc::new(vec![1; 4]));
-        assert_eq!(on.get(&2), Some(Arc::new(vec![1; 4])));
-        let Lookup::Owner(p) = on.get_or_claim(&3, &tx, 0) else {
-            panic!("expected owner")
-        };
-        on.complete_with(&3, &p, Err("bad".to_string()), 4, || unreachable!());
-        assert!(on.get(&3).is_none());
-    }
-
-    #[test]
-    fn zero_capacity_caches_nothing_but_still_dedups() {
-        let c = C::new(0);
-        let (tx, _rx) = crossbeam_channel::unbounded();
-        let Lookup::Owner(p) = c.get_or_wait(&1, &tx, 0) else {
-            panic!()
-        };
-        assert!(matches!(c.get_or_wait(&1, &tx, 1), Lookup::Waiting));
-        c.complete(&1, &p, Ok(Arc::new(vec![1])), 1);
-        assert!(c.is_empty());
-    }
-}
+mod tests;

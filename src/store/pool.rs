@@ -1,8 +1,10 @@
 //! The fixed pool of decompression workers, fed by a bounded crossbeam channel.
 //!
-//! Each worker owns its scratch state (codec contexts and a reusable buffer for stored bytes),
-//! so the hot path allocates only the decompressed block itself. A job that panics is caught:
-//! the worker survives and the job's own drop guard reports the failure to its readers.
+//! Each worker owns its scratch state (codec contexts and reusable buffers for stored and
+//! decoded bytes), so the hot path allocates only the blocks the cache keeps. Reading threads
+//! that decode a block themselves borrow an idle scratch state from the pool
+//! ([`Pool::scratch`]). A job that panics is caught: the worker survives and the job's own
+//! drop guard reports the failure to its readers.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::thread::JoinHandle;
@@ -18,6 +20,11 @@ pub struct Scratch {
     pub codec: CodecContext,
     /// Buffer for the stored bytes of one block, reused across jobs.
     pub stored: Vec<u8>,
+    /// Length of the plaintext at the start of `stored` after the last load.
+    pub plain_len: usize,
+    /// Buffer for decoded bytes that nobody keeps (a prefix of a block a read needs part of),
+    /// reused across jobs so a miss neither allocates nor faults in fresh pages.
+    pub block: Vec<u8>,
 }
 
 /// A unit of work run on a worker thread.
@@ -26,6 +33,10 @@ pub type Job = Box<dyn FnOnce(&mut Scratch) + Send + 'static>;
 /// Jobs queued per worker before submitters block. Large enough that one 32 MiB read of 64 KiB
 /// blocks (512 jobs) rarely waits on the queue; small enough to bound memory.
 const QUEUE_PER_WORKER: usize = 256;
+
+/// Idle scratch states kept for reading threads ([`Pool::scratch`]); more readers decoding at
+/// once allocate their own, freed after use. Each holds up to two blocks' worth of buffers.
+const IDLE_SCRATCH: usize = 16;
 
 /// Threads that may help the workers at once: half the workers, at least one.
 fn helper_slots(workers: usize) -> usize {
@@ -42,6 +53,8 @@ pub struct Pool {
     /// Scratch states lent to helping threads, so helping allocates no codec contexts. Its
     /// length bounds how many threads help at once (see [`Pool::start_helping`]).
     spare: std::sync::Mutex<Vec<Scratch>>,
+    /// Scratch states lent to reading threads that decode one block themselves.
+    idle: std::sync::Mutex<Vec<Scratch>>,
 }
 
 impl Pool {
@@ -75,7 +88,32 @@ impl Pool {
             spare: std::sync::Mutex::new(
                 (0..helper_slots(n)).map(|_| Scratch::default()).collect(),
             ),
+            idle: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Lends a scratch state to a reading thread that decodes a block itself (a read that
+    /// misses one block decodes it on its own thread: no job, no wake-up). Unlike
+    /// [`start_helping`](Self::start_helping) this never refuses; give it back with
+    /// [`recycle`](Self::recycle) so its buffers and codec contexts are reused.
+    pub fn scratch(&self) -> Scratch {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// Takes back a scratch state lent by [`scratch`](Self::scratch); beyond a few idle ones
+    /// it is freed.
+    pub fn recycle(&self, scratch: Scratch) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < IDLE_SCRATCH {
+            idle.push(scratch);
+        }
     }
 
     /// Jobs waiting in the queue now (not counting the ones running).

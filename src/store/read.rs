@@ -1,7 +1,14 @@
-//! The miss path of `Snapshot::read_at`. The blocks a read misses are shared between pool jobs
-//! and the reading thread: whoever takes a block claims it (or joins the load already in
-//! flight) and decodes it. The reader, when it holds a helper slot, decodes whole blocks
-//! straight into the caller's buffer; the workers' blocks are copied in as they arrive.
+//! The miss path of `Snapshot::read_at`. A read that misses one block decodes it on its own
+//! thread (no job, no wake-up, no channel). The blocks of a read that misses several are
+//! shared between pool jobs and the reading thread: whoever takes a block claims it (or joins
+//! the load already in flight) and decodes it. The reader, when it holds a helper slot,
+//! decodes blocks straight into the caller's buffer; the workers' blocks are copied in as
+//! they arrive.
+//!
+//! What a reader decodes depends on whether the cache keeps the block (its admission, see
+//! `cache.rs`): a kept block is decoded whole into a new block buffer; a block that is not
+//! kept is decoded straight into the caller's buffer when the read covers it, and otherwise
+//! only up to the last byte the read needs, into a reused scratch buffer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -10,8 +17,8 @@ use crossbeam_channel::Sender;
 
 use super::BlockFault;
 use super::archive::Archive;
-use super::block::{decode, decode_into};
-use super::cache::{Lookup, Notice, Pending};
+use super::block::{decode, decode_into, decode_loaded, decode_prefix};
+use super::cache::{Entry, Lookup, Notice, Pending};
 use super::engine::{BlockCache, BlockData, BlockKey, StoreMetrics};
 use super::pool::Scratch;
 use super::snapshot::{Copy, Target};
@@ -54,7 +61,10 @@ impl Batch {
             return;
         };
         let t = &self.misses[i].target;
-        match self.cache.get_or_wait(&t.key(), &self.tx, i) {
+        match self
+            .cache
+            .get_or_wait(&t.key(), self.misses[i].span(), &self.tx, i)
+        {
             Lookup::Hit(block) => {
                 StoreMetrics::add(&self.metrics.cache_hits, 1);
                 // The reader may have returned early; then nobody needs the block.
@@ -97,8 +107,13 @@ impl Snapshot {
         &self,
         stream: Stream,
         buf: &mut [u8],
-        misses: Vec<Copy>,
+        mut misses: Vec<Copy>,
     ) -> Result<(), StoreError> {
+        if misses.len() == 1 {
+            if let Some(m) = misses.pop() {
+                return self.fill_single(stream, buf, &m);
+            }
+        }
         let total = misses.len();
         let (tx, rx) = crossbeam_channel::unbounded();
         let batch = Arc::new(Batch {
@@ -194,7 +209,7 @@ impl Snapshot {
         let (t, stream) = (&m.target, batch.stream);
         let metrics = &self.engine.metrics;
         let dst = &mut buf[m.dst..m.dst + m.len];
-        let pending = match batch.cache.get_or_claim(&t.key(), &batch.tx, i) {
+        let pending = match batch.cache.get_or_claim(&t.key(), m.span(), &batch.tx, i) {
             Lookup::Hit(block) => {
                 StoreMetrics::add(&metrics.cache_hits, 1);
                 self.copy_out(stream, t, &block, m.skip, dst)?;
@@ -208,27 +223,100 @@ impl Snapshot {
         };
         StoreMetrics::add(&metrics.cache_misses, 1);
         let mut claim = Claim::new(stream, t, pending, &batch.cache, metrics);
+        self.load_owned(&mut claim, t, m.skip, dst, scratch)?;
+        Ok(true)
+    }
+
+    /// Reads the one block a read misses, on the reading thread: a hit, the load another
+    /// reader has in flight, or a load of its own with a scratch state borrowed from the pool.
+    fn fill_single(&self, stream: Stream, buf: &mut [u8], m: &Copy) -> Result<(), StoreError> {
+        let t = &m.target;
+        let metrics = &self.engine.metrics;
+        let dst = &mut buf[m.dst..m.dst + m.len];
+        let wait = |pending: &Pending<BlockData, StoreError>| {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            pending.wait(tx, 0);
+            rx
+        };
+        match self.engine.blocks.entry(&t.key(), m.span(), wait) {
+            Entry::Hit(block) => {
+                StoreMetrics::add(&metrics.cache_hits, 1);
+                self.copy_out(stream, t, &block, m.skip, dst)
+            }
+            Entry::Loading(rx) => {
+                StoreMetrics::add(&metrics.cache_misses, 1);
+                // The loading thread completes every load (a drop guard covers panics), and
+                // the pending load holds the sender until then.
+                let Ok((_, result)) = rx.recv() else {
+                    return Err(self.block_error(
+                        &t.archive,
+                        stream,
+                        t.index,
+                        t.offset,
+                        BlockFault::Internal,
+                    ));
+                };
+                self.copy_out(stream, t, &result?, m.skip, dst)
+            }
+            Entry::Owner(pending) => {
+                StoreMetrics::add(&metrics.cache_misses, 1);
+                let mut claim = Claim::new(stream, t, pending, &self.engine.blocks, metrics);
+                let mut scratch = self.engine.pool.scratch();
+                let result = self.load_owned(&mut claim, t, m.skip, dst, &mut scratch);
+                self.engine.pool.recycle(scratch);
+                result
+            }
+        }
+    }
+
+    /// Loads a block this thread claimed, fills `dst` with its bytes from `skip` on, and ends
+    /// the load (module docs: what is decoded depends on whether the cache keeps the block).
+    fn load_owned(
+        &self,
+        claim: &mut Claim,
+        t: &Target,
+        skip: usize,
+        dst: &mut [u8],
+        scratch: &mut Scratch,
+    ) -> Result<(), StoreError> {
+        let metrics = &self.engine.metrics;
         StoreMetrics::add(&metrics.stored_bytes_read, u64::from(t.info.length));
-        let whole = m.skip == 0 && m.len == t.info.logical_len as usize;
+        let logical = t.info.logical_len as usize;
+        let whole = skip == 0 && dst.len() == logical;
         if whole {
             // The read covers the block: decode into the caller's buffer, and copy it into a
             // block buffer only if the cache keeps it or another reader waits for it.
             match decode_into(&t.archive, &t.info, t.index, scratch, dst) {
                 Ok(()) => {
                     StoreMetrics::add(&metrics.decompressions, 1);
-                    claim.finish_with(dst.len(), || Arc::new(dst.to_vec()));
-                    Ok(true)
+                    claim.finish_with(logical, || Ok(Arc::new(dst.to_vec())));
+                    Ok(())
                 }
                 Err(fault) => Err(claim.fail(fault)),
             }
-        } else {
+        } else if claim.admitted() {
             match decode(&t.archive, &t.info, t.index, scratch) {
                 Ok(block) => {
                     StoreMetrics::add(&metrics.decompressions, 1);
                     let block = Arc::new(block);
-                    let copied = self.copy_out(stream, t, &block, m.skip, dst);
+                    let copied = self.copy_out(claim.stream, t, &block, skip, dst);
                     claim.finish(Ok(block));
-                    copied.map(|()| true)
+                    copied
+                }
+                Err(fault) => Err(claim.fail(fault)),
+            }
+        } else {
+            // Nobody keeps the block: decode only what this read needs. Should another reader
+            // have started waiting meanwhile, it gets the whole block decoded from the stored
+            // bytes still in `scratch`.
+            match decode_prefix(&t.archive, &t.info, t.index, scratch, skip + dst.len()) {
+                Ok(()) => {
+                    StoreMetrics::add(&metrics.decompressions, 1);
+                    dst.copy_from_slice(&scratch.block[skip..skip + dst.len()]);
+                    claim.finish_with(logical, || {
+                        decode_loaded(&t.archive, &t.info, scratch).map(Arc::new)
+                    });
+                    Ok(())
                 }
                 Err(fault) => Err(claim.fail(fault)),
             }
@@ -348,14 +436,7 @@ impl Claim {
     /// Counts `fault` as a block error, ends the load with it (every waiter gets the same
     /// error) and returns it.
     fn fail(&mut self, fault: BlockFault) -> StoreError {
-        StoreMetrics::add(&self.metrics.block_errors, 1);
-        let e = StoreError::Block {
-            path: self.archive.path().to_path_buf(),
-            stream: self.stream,
-            block: self.index,
-            offset: self.offset,
-            fault,
-        };
+        let e = self.error(fault);
         self.finish(Err(e.clone()));
         e
     }
@@ -367,12 +448,30 @@ impl Claim {
         }
     }
 
-    /// Ends a successful load whose bytes are in the reader's buffer: `make` copies them into
-    /// a block buffer only if the cache keeps it or another reader waits.
-    fn finish_with(&mut self, weight: usize, make: impl FnOnce() -> BlockData) {
+    /// Whether the cache keeps this block (its second miss; see `cache.rs`).
+    fn admitted(&self) -> bool {
+        self.pending.as_ref().is_some_and(|p| p.admitted())
+    }
+
+    /// The error for `fault` in this block, counted as a block error.
+    fn error(&self, fault: BlockFault) -> StoreError {
+        StoreMetrics::add(&self.metrics.block_errors, 1);
+        StoreError::Block {
+            path: self.archive.path().to_path_buf(),
+            stream: self.stream,
+            block: self.index,
+            offset: self.offset,
+            fault,
+        }
+    }
+
+    /// Ends a successful load whose bytes are in the reader's buffer: `make` builds a block
+    /// buffer only if the cache keeps it or another reader waits (its failure is theirs).
+    fn finish_with(&mut self, weight: usize, make: impl FnOnce() -> Result<BlockData, BlockFault>) {
         if let Some(p) = self.pending.take() {
-            self.cache
-                .complete_with(&self.key, &p, Ok(()), weight, make);
+            self.cache.complete_with(&self.key, &p, Ok(()), weight, || {
+                make().map_err(|f| self.error(f))
+            });
         }
     }
 }

@@ -107,6 +107,18 @@ pub(super) struct Copy {
     pub(super) target: Target,
 }
 
+impl Copy {
+    /// The part of the block this copy needs (for the cache's admission).
+    pub(super) fn span(&self) -> super::cache::Span {
+        // Both lie within the block's u32 `logical_len`.
+        let at = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        super::cache::Span {
+            start: at(self.skip),
+            end: at(self.skip + self.len),
+        }
+    }
+}
+
 impl Snapshot {
     /// Opens `path` with a private engine (default cache, one worker per CPU). For CLI use; a
     /// server shares one [`Engine`] between all its snapshots through [`open_with`](Self::open_with).
