@@ -99,7 +99,8 @@ pub(super) fn send<W: Write + WaitWritable>(
             p(off, left.min(n as u64));
         }
         let slices = &mut [IoSlice::new(&head[head_sent..]), IoSlice::new(chunk)];
-        match conn::write_or_stall(w, slices).map_err(SendError::Io)? {
+        let tick = conn::stall_tick(s.send_timeout);
+        match conn::write_or_stall(w, slices, tick).map_err(SendError::Io)? {
             Wrote::All => {
                 head_sent = head.len();
                 pos += n as u64;

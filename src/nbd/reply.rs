@@ -360,7 +360,11 @@ impl<W: Sink> ReplyWriter<W> {
                 if st.spare.is_empty() && own.is_none() {
                     break;
                 }
-                let round = match write_round(st, own.map(|(p, skip, _)| (p, skip))) {
+                let round = match write_round(
+                    st,
+                    own.map(|(p, skip, _)| (p, skip)),
+                    conn::stall_tick(self.send_timeout),
+                ) {
                     Ok(r) => r,
                     Err(e) => {
                         self.fail(&st.w, &e);
@@ -419,6 +423,7 @@ impl<W: Sink> ReplyWriter<W> {
 fn write_round<W: Sink>(
     st: &mut SinkState<W>,
     own: Option<(&[&[u8]], usize)>,
+    tick: Duration,
 ) -> io::Result<Round> {
     let mut slices = Vec::with_capacity(4);
     let spare_left = st.spare.len() - st.spare_done;
@@ -435,7 +440,7 @@ fn write_round<W: Sink>(
             skip = 0;
         }
     }
-    let wrote = conn::write_or_stall(&mut st.w, &mut slices)?;
+    let wrote = conn::write_or_stall(&mut st.w, &mut slices, tick)?;
     drop(slices);
     match wrote {
         Wrote::All => {

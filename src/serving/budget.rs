@@ -200,11 +200,57 @@ impl Budget {
     }
 }
 
+/// Buffers from this size on are anonymous mappings of their own.
+const MAPPED_FROM: usize = 64 << 10;
+
+/// A buffer's memory: small ones on the heap, large ones mapped.
+///
+/// Why mapped: glibc serves a large `malloc` with `mmap` only until the first such block is
+/// freed, then raises its threshold to that size and serves later ones from per-thread heaps,
+/// which keep freed memory resident. Measured with 20 NBD connections after a burst of 2 MiB
+/// READs: 8.6 MiB of RSS per idle connection with heap buffers, 37 KiB with buffers that are
+/// unmapped when freed.
+#[derive(Debug, Default)]
+enum Memory {
+    #[default]
+    None,
+    Heap(Vec<u8>),
+    Mapped(memmap2::MmapMut),
+}
+
+impl Memory {
+    fn new(len: usize) -> Memory {
+        if len >= MAPPED_FROM {
+            if let Ok(m) = memmap2::MmapMut::map_anon(len) {
+                return Memory::Mapped(m);
+            }
+        }
+        Memory::Heap(vec![0; len])
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Memory::None => &mut [],
+            Memory::Heap(v) => v,
+            Memory::Mapped(m) => m,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Memory::None => 0,
+            Memory::Heap(v) => v.len(),
+            Memory::Mapped(m) => m.len(),
+        }
+    }
+}
+
 /// A reusable byte buffer whose memory is backed by a [`Permit`] of the same size: the
-/// accounting and the allocation come and go together.
+/// accounting and the allocation come and go together, and freeing gives the memory back to
+/// the system at once.
 #[derive(Debug, Default)]
 pub struct Buffer<'b> {
-    data: Vec<u8>,
+    data: Memory,
     permit: Option<Permit<'b>>,
 }
 
@@ -212,7 +258,7 @@ impl<'b> Buffer<'b> {
     /// An empty buffer (no memory, no permit).
     pub fn new() -> Buffer<'b> {
         Buffer {
-            data: Vec::new(),
+            data: Memory::None,
             permit: None,
         }
     }
@@ -238,14 +284,14 @@ impl<'b> Buffer<'b> {
         let len = usize::try_from(permit.bytes())
             .unwrap_or(usize::MAX)
             .max(min);
-        self.data = vec![0; len];
+        self.data = Memory::new(len);
         self.permit = Some(permit);
         Some(len)
     }
 
     /// Frees the memory and gives the bytes back.
     pub fn release(&mut self) {
-        self.data = Vec::new();
+        self.data = Memory::None;
         self.permit = None;
     }
 
@@ -258,7 +304,7 @@ impl<'b> Buffer<'b> {
 
     /// The bytes (length = what was granted).
     pub fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.data
+        self.data.bytes_mut()
     }
 
     /// Current length.
@@ -268,7 +314,7 @@ impl<'b> Buffer<'b> {
 
     /// True when nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.data.len() == 0
     }
 }
 

@@ -2,11 +2,12 @@
 //! socket operations the protocol loops need. Protocol code takes a [`Conn`], never a raw fd.
 //!
 //! Writes and the send timeout: a connection's SO_SNDTIMEO is a short [`stall_tick`], so a
-//! write call returns after at most one tick without progress. [`write_or_stall`] reports
-//! that as [`Wrote::Stalled`]: the caller then gives its response buffers back (a client that
-//! stopped reading holds no buffer memory) and waits in `poll` for the socket to become
-//! writable, up to the rest of the send timeout ([`WaitWritable`]). [`write_all_timed`] is
-//! the same for small writes that keep their bytes.
+//! write call returns after at most one tick. [`write_or_stall`] reports a call that waited
+//! out the whole tick (nothing, or only part, written: the socket is full) as
+//! [`Wrote::Stalled`]: the caller then gives its response buffers back (a client that stopped
+//! reading holds no buffer memory) and waits in `poll` for room, up to the rest of the send
+//! timeout ([`WaitWritable`]). [`write_all_timed`] is the same for small writes that keep
+//! their bytes.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, Shutdown, TcpStream};
@@ -16,8 +17,10 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-/// Longest time a write waits without progress before its caller hears of the stall.
-pub const STALL_TICK: Duration = Duration::from_secs(1);
+/// Longest time a write call waits for room before its caller hears of the stall. Short, so
+/// stalled clients give their buffers back quickly; long enough that a client that reads
+/// rarely pauses this long (a false alarm only costs reading the data again).
+pub const STALL_TICK: Duration = Duration::from_millis(500);
 
 /// The SO_SNDTIMEO for a send timeout: [`STALL_TICK`], or the send timeout if shorter.
 pub fn stall_tick(send_timeout: Duration) -> Duration {
@@ -96,16 +99,25 @@ pub enum Wrote {
     },
 }
 
-/// Writes `bufs` whole, or stops at the first write call that times out without progress.
-pub fn write_or_stall(w: &mut impl Write, mut bufs: &mut [IoSlice<'_>]) -> io::Result<Wrote> {
+/// Writes `bufs` whole, or stops after the first write call that waited a whole `tick` (the
+/// socket's SO_SNDTIMEO) for room: one that timed out, or took the tick to write only part.
+pub fn write_or_stall(
+    w: &mut impl Write,
+    mut bufs: &mut [IoSlice<'_>],
+    tick: Duration,
+) -> io::Result<Wrote> {
     IoSlice::advance_slices(&mut bufs, 0);
     let mut written = 0;
     while !bufs.is_empty() {
+        let started = Instant::now();
         match w.write_vectored(bufs) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 written += n;
                 IoSlice::advance_slices(&mut bufs, n);
+                if !bufs.is_empty() && started.elapsed() >= tick {
+                    return Ok(Wrote::Stalled { written });
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if is_timeout(&e) => return Ok(Wrote::Stalled { written }),
@@ -124,7 +136,7 @@ pub fn write_all_timed<W: Write + WaitWritable>(
 ) -> io::Result<()> {
     let mut bufs = bufs;
     loop {
-        match write_or_stall(w, bufs)? {
+        match write_or_stall(w, bufs, stall_tick(send_timeout))? {
             Wrote::All => return Ok(()),
             Wrote::Stalled { written } => {
                 IoSlice::advance_slices(&mut bufs, written);
