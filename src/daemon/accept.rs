@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use super::clients::ClientCounts;
 use super::listener::{Listener, Protocol};
 use super::shutdown::Shutdown;
 use crate::http::HttpService;
 use crate::nbd::NbdService;
-use crate::serving::{Conn, Metrics, ProtoMetrics};
+use crate::serving::{Conn, Metrics, ProtoMetrics, RateLog};
 
 /// Stack size of connection threads. Connection state lives on the heap; a small stack keeps
 /// thousands of idle connections cheap.
@@ -93,6 +94,8 @@ pub struct AcceptLoop {
     pub metrics: Arc<Metrics>,
     /// Shared connection sequence number, for thread names.
     pub seq: Arc<AtomicU64>,
+    /// Open connections per client, shared by the protocol's listeners.
+    pub clients: Arc<ClientCounts>,
     /// Ends the loop when triggered.
     pub shutdown: Arc<Shutdown>,
 }
@@ -177,15 +180,33 @@ fn accept_loop(listener: &Listener, cfg: &AcceptLoop) {
                 cfg.service.reject(conn);
                 continue;
             }
-            ProtoMetrics::add(&m.connections_total, 1);
             let guard = ActiveGuard(Arc::clone(&cfg.metrics), cfg.service.clone());
+            let slot = match cfg.clients.admit(conn.client_id()) {
+                Ok(slot) => slot,
+                Err(over) => {
+                    ProtoMetrics::add(&m.connections_rejected_per_client, 1);
+                    if let Some(n) = m.per_client_log.ready() {
+                        log::warn!(
+                            "{proto} connection from {} refused: it has {} connections open \
+                             ([limits] max_connections_per_client){}",
+                            over.client,
+                            over.limit,
+                            RateLog::suffix(n)
+                        );
+                    }
+                    drop(guard);
+                    cfg.service.reject(conn);
+                    continue;
+                }
+            };
+            ProtoMetrics::add(&m.connections_total, 1);
             let service = cfg.service.clone();
             let n = cfg.seq.fetch_add(1, Ordering::Relaxed);
             let spawned = std::thread::Builder::new()
                 .name(format!("{}-{n}", cfg.service.thread_prefix()))
                 .stack_size(CONN_STACK_SIZE)
                 .spawn(move || {
-                    let _guard = guard;
+                    let _guard = (guard, slot);
                     service.serve(conn);
                 });
             if let Err(e) = spawned {

@@ -116,6 +116,52 @@ impl CacheConfig {
     }
 }
 
+/// `max_connections_per_client` when the file does not set it: this many connections per
+/// remote peer address, no cap for loopback and Unix-socket peers (README "Limits" says why).
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 64;
+
+/// How many connections one client may have open per protocol (`[limits]
+/// max_connections_per_client`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerClientCap {
+    /// Connections per client; 0 = no cap.
+    pub limit: usize,
+    /// Loopback and Unix-socket peers are not capped (the default when the key is absent).
+    pub local_exempt: bool,
+}
+
+impl PerClientCap {
+    /// The cap that applies to `client`, if any.
+    pub fn for_client(self, client: crate::serving::ClientId) -> Option<usize> {
+        (self.limit > 0 && !(self.local_exempt && client.is_local())).then_some(self.limit)
+    }
+}
+
+/// `[limits]`: what clients together, and each client, can make the daemon hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Bytes of response buffers (HTTP bodies, NBD replies) in flight at once.
+    pub buffer_memory: u64,
+    /// Connections per client, per protocol.
+    pub max_connections_per_client: PerClientCap,
+    /// Time a response may make no progress before its connection is closed (HTTP and NBD;
+    /// also in their settings, where the front ends read it).
+    pub send_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            buffer_memory: crate::serving::budget::DEFAULT_BUFFER_MEMORY,
+            max_connections_per_client: PerClientCap {
+                limit: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+                local_exempt: true,
+            },
+            send_timeout: crate::http::DEFAULT_SEND_TIMEOUT,
+        }
+    }
+}
+
 /// One snapshot to serve: a `[[snapshot]]` of the file or an archive argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotConfig {
@@ -140,6 +186,8 @@ pub struct Config {
     pub nbd: NbdConfig,
     /// Store sizing.
     pub cache: CacheConfig,
+    /// Memory and per-client limits.
+    pub limits: LimitsConfig,
     /// Snapshots: the file's in file order, then the command line's.
     pub snapshots: Vec<SnapshotConfig>,
 }
@@ -164,6 +212,7 @@ impl Default for Config {
                 memory: engine.cache_bytes as u64,
                 workers: engine.workers,
             },
+            limits: LimitsConfig::default(),
             snapshots: Vec::new(),
         }
     }

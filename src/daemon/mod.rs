@@ -12,13 +12,15 @@
 //! - `listener`: listening sockets and where they come from ([`listener::obtain`]: bind today,
 //!   socket activation next).
 //! - `accept`: one accept loop per listener, the connection caps, and [`accept::Service`], the
-//!   closed set of front ends a connection is handed to.
+//!   closed set of front ends a connection is handed to; `clients` counts connections per
+//!   client for the per-client cap.
 //! - `signals`: the signal thread, which only forwards signals to the run loop as events.
 //! - `reload`: the reload worker thread (SIGHUP), which re-reads the config and swaps the
 //!   catalog.
 //! - `shutdown`: the shutdown flag and wake-up pipe the accept loops poll.
 
 pub mod accept;
+pub mod clients;
 pub mod config;
 pub mod listener;
 pub mod reload;

@@ -25,6 +25,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::DaemonError;
 use super::accept::{self, AcceptLoop, Service};
+use super::clients::ClientCounts;
 use super::config::{Config, Overrides};
 use super::listener::{Listener, Protocol};
 use super::reload::{ReloadOutcome, ReloadWorker, Reloader};
@@ -80,7 +81,10 @@ impl Runtime {
             &config.snapshots,
             &engine,
         )?));
-        let metrics = Arc::new(Metrics::new(Arc::clone(&engine.metrics)));
+        let metrics = Arc::new(Metrics::with_budget(
+            Arc::clone(&engine.metrics),
+            config.limits.buffer_memory,
+        ));
         let http = Arc::new(HttpService::new(
             config.http.settings.clone(),
             Arc::clone(&catalog),
@@ -190,6 +194,8 @@ impl Runtime {
         listeners: Vec<(Protocol, Listener)>,
     ) -> Result<Vec<JoinHandle<()>>, DaemonError> {
         let seq = Arc::new(AtomicU64::new(0));
+        let cap = self.config.limits.max_connections_per_client;
+        let (http_clients, nbd_clients) = (ClientCounts::new(cap), ClientCounts::new(cap));
         let mut threads = Vec::with_capacity(listeners.len());
         for (protocol, l) in listeners {
             let where_ = l.describe();
@@ -197,6 +203,10 @@ impl Runtime {
                 service: self.service(protocol),
                 metrics: Arc::clone(&self.metrics),
                 seq: Arc::clone(&seq),
+                clients: Arc::clone(match protocol {
+                    Protocol::Http => &http_clients,
+                    Protocol::Nbd => &nbd_clients,
+                }),
                 shutdown: Arc::clone(&self.shutdown),
             };
             threads.push(accept::spawn(l, cfg).map_err(DaemonError::Start)?);

@@ -29,6 +29,9 @@ use std::time::{Duration, SystemTime};
 
 use crate::serving::{CatalogHandle, Conn, Metrics};
 
+/// Default `[limits] send_timeout`, for HTTP and NBD alike.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Settings of the HTTP front end, validated by the daemon and fixed for the service's life.
 #[derive(Clone, PartialEq, Eq)]
 pub struct HttpSettings {
@@ -38,9 +41,11 @@ pub struct HttpSettings {
     /// Time allowed for a request line and headers to arrive, from their first byte; then 408
     /// and close.
     pub header_timeout: Duration,
-    /// Time a kept-alive connection may wait for its next request; then it is closed. Also
-    /// bounds how long a client that stops reading can stall a response (SO_SNDTIMEO).
+    /// Time a kept-alive connection may wait for its next request; then it is closed.
     pub idle_timeout: Duration,
+    /// Time a response may go without any progress writing it (the client reads nothing);
+    /// then the connection is closed (`[limits] send_timeout`).
+    pub send_timeout: Duration,
     /// Largest ranged response in bytes (http.md §3a); 0 serves every satisfiable range
     /// exactly. Never applies to a GET without Range.
     pub max_range_bytes: u64,
@@ -54,6 +59,7 @@ impl Default for HttpSettings {
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            send_timeout: DEFAULT_SEND_TIMEOUT,
             max_range_bytes: 32 << 20,
             auth_token: None,
         }
@@ -66,6 +72,7 @@ impl std::fmt::Debug for HttpSettings {
             .field("max_connections", &self.max_connections)
             .field("header_timeout", &self.header_timeout)
             .field("idle_timeout", &self.idle_timeout)
+            .field("send_timeout", &self.send_timeout)
             .field("max_range_bytes", &self.max_range_bytes)
             .field(
                 "auth_token",

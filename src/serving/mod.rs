@@ -3,12 +3,16 @@
 //! import from here (and from `store`), never from `daemon/`, which sits above them and builds
 //! these pieces for them.
 
+pub mod budget;
 pub mod catalog;
 pub mod conn;
 pub mod metrics;
 pub mod names;
+pub mod ratelog;
 
+pub use budget::{Budget, Buffer, Permit};
 pub use catalog::{Catalog, CatalogError, CatalogHandle, NamedSnapshot};
-pub use conn::{Conn, is_disconnect, write_all_vectored};
+pub use conn::{ClientId, Conn, WaitWritable, Wrote, is_disconnect, write_all_vectored};
 pub use metrics::{Metrics, ProtoMetrics, get};
 pub use names::valid_name;
+pub use ratelog::RateLog;

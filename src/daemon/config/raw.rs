@@ -14,6 +14,7 @@ pub(super) struct RawConfig {
     pub http: Option<RawHttp>,
     pub nbd: Option<RawNbd>,
     pub cache: Option<RawCache>,
+    pub limits: Option<RawLimits>,
     #[serde(default)]
     pub snapshot: Vec<RawSnapshot>,
     #[serde(default)]
@@ -49,6 +50,15 @@ pub(super) struct RawNbd {
 pub(super) struct RawCache {
     pub memory: Option<Value>,
     pub workers: Option<usize>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub buffer_memory: Option<Value>,
+    pub max_connections_per_client: Option<usize>,
+    pub send_timeout: Option<Value>,
 }
 
 /// One `[[snapshot]]`.

@@ -14,6 +14,9 @@ use crate::store::file::{read_password, read_small};
 
 /// Longest bearer token file.
 const MAX_TOKEN_FILE: u64 = 64 * 1024;
+/// Smallest `[limits] buffer_memory`: one HTTP body chunk. (An NBD READ larger than the
+/// budget is still served, alone.)
+const MIN_BUFFER_MEMORY: u64 = 1 << 20;
 
 /// Where a value came from, for its error.
 enum Place {
@@ -195,6 +198,32 @@ pub(super) fn validate(
         }
         c.cache.workers = w;
     }
+
+    let l = raw.limits.unwrap_or_default();
+    if let Some(v) = &l.buffer_memory {
+        let place = src.key("limits.buffer_memory");
+        let n = place.size(v)?;
+        if n < MIN_BUFFER_MEMORY {
+            return Err(place.invalid(format!(
+                "{n} bytes is less than the {} MiB one full-size response needs",
+                MIN_BUFFER_MEMORY >> 20
+            )));
+        }
+        c.limits.buffer_memory = n;
+    }
+    if let Some(n) = l.max_connections_per_client {
+        c.limits.max_connections_per_client = super::PerClientCap {
+            limit: n,
+            local_exempt: false,
+        };
+    }
+    if let Some(v) = &l.send_timeout {
+        let d = src.key("limits.send_timeout").positive_duration(v)?;
+        c.limits.send_timeout = d;
+    }
+    // The front ends read the send timeout from their own settings.
+    c.http.settings.send_timeout = c.limits.send_timeout;
+    c.nbd.settings.send_timeout = c.limits.send_timeout;
 
     c.snapshots = snapshots(&src, &raw.snapshot)?;
     c.snapshots.extend(archive_arguments(ov)?);
