@@ -137,6 +137,12 @@ impl ProxyConfig {
 
     /// Parses a document; `Err(None)` when it is not JSON (or `null`).
     pub fn parse(text: &str) -> Result<ProxyConfig, Option<ConfigError>> {
+        // json-c's tokener cannot tell that a bare number or literal at the very end of the
+        // file is complete, and reports no object (`5` is unreadable, `5\n` is not).
+        let bare = !text.trim_start().starts_with(['{', '[', '"']);
+        if bare && !text.ends_with([' ', '\t', '\n', '\r']) {
+            return Err(None);
+        }
         let top = match json::parse(text) {
             Ok(Value::Null) | Err(_) => return Err(None),
             Ok(v) => v,

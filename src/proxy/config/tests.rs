@@ -170,7 +170,12 @@ fn error_rows_in_file_order() {
     let lines = |text: &str| err(text).lines(p);
     let failed = "failed to load config from /c.json";
     assert_eq!(lines("[]"), ["no configurations specified", failed]);
-    assert_eq!(lines("5"), ["no configurations specified", failed]);
+    assert_eq!(lines("5\n"), ["no configurations specified", failed]);
+    assert_eq!(lines("\"x\""), ["no configurations specified", failed]);
+    // A bare literal ending the file is unreadable to json-c.
+    for bare in ["5", "true", "1.5", "-1"] {
+        assert_eq!(parse(bare).unwrap_err(), None, "{bare}");
+    }
     assert_eq!(
         lines(r#"{"timeout":1}"#),
         ["no configurations specified", failed]
