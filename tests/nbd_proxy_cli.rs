@@ -3,6 +3,7 @@
 //! invoked, `nbd-proxy:` messages, exit statuses), `hexzd nbd-proxy`, and the errors of
 //! `hexzd attach` and `hexzd detach` that need no kernel device. Everything that needs
 //! /dev/nbdX is in tests/kernel_proxy.sh (the VM).
+#![allow(clippy::unwrap_used)]
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

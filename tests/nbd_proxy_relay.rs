@@ -2,6 +2,7 @@
 //! server on pipes, the relay backend does the client handshake on them and relays one end of
 //! a socketpair, and the test plays the kernel on the other end (simple requests and
 //! replies, as the kernel sends them after `NBD_SET_SOCK`).
+#![allow(clippy::unwrap_used)]
 
 use std::fs::File;
 use std::io::{Read, Write};

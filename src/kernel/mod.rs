@@ -10,7 +10,6 @@ pub mod device;
 pub mod ioctl;
 pub mod uevent;
 
-use std::io;
 use std::path::PathBuf;
 
 pub use device::{DevNum, Device, NBD_MAJOR, NbdDevice, Setup, configure, teardown};
@@ -42,13 +41,6 @@ pub enum KernelError {
     /// The export cannot be given to the kernel as it is.
     #[error("nbd device {}: {reason}", device.display())]
     BadSize { device: PathBuf, reason: String },
-    /// The device's sysfs attributes could not be read.
-    #[error("nbd device {}: cannot read {}: {source}", device.display(), path.display())]
-    Sysfs {
-        device: PathBuf,
-        path: PathBuf,
-        source: io::Error,
-    },
 }
 
 fn open_hint(e: Errno) -> &'static str {

@@ -118,9 +118,24 @@ pub struct AttachOptions {
     pub hook: Option<StateHook>,
 }
 
+/// Asks a running [`Attachment`] to end (from a signal handler thread, for instance).
+#[derive(Debug, Clone)]
+pub struct Stopper(Sender<Event>);
+
+impl Stopper {
+    /// Requests the end; the attachment's thread runs the stop hook and clears the device.
+    pub fn stop(&self) {
+        let _ = self.0.send(Event::Stop);
+    }
+}
+
 /// A snapshot attached to a kernel device, served by threads of this process until
 /// [`Attachment::stop`]. A detach from outside (`hexzd detach`) ends it early; the caller can
-/// see that with [`Attachment::is_finished`].
+/// see that with [`Attachment::is_finished`] or wait for it with [`Attachment::join`].
+///
+/// For the daemon's `[[attach]]` entries: `start` at start-up (and for entries added by a
+/// reload), `stop` on shutdown (and for entries removed by a reload); dropping an attachment
+/// stops it too.
 #[derive(Debug)]
 pub struct Attachment {
     device: PathBuf,
@@ -203,12 +218,26 @@ impl Attachment {
         self.thread.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
-    fn finish(&mut self) -> End {
-        let _ = self.tx.send(Event::Stop);
+    /// A handle that requests the end from another thread.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.tx.clone())
+    }
+
+    /// Waits until the session ends (a [`Stopper`], or a detach from outside).
+    pub fn join(mut self) -> End {
+        self.wait()
+    }
+
+    fn wait(&mut self) -> End {
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(end)) => end,
             _ => End::Stopped,
         }
+    }
+
+    fn finish(&mut self) -> End {
+        let _ = self.tx.send(Event::Stop);
+        self.wait()
     }
 
     /// Detaches: runs the stop hook, shuts the socket down, clears the device, joins every

@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, Sender};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use super::Reporter;
-use super::attach::LocalBackend;
+use super::attach::{AttachOptions, Attachment, LocalBackend};
 use super::config::{self, LocalSource, ProxyConfig};
 use super::getopt::{self, Parsed};
 use super::hook::StateHook;
@@ -269,7 +269,8 @@ pub struct AttachArgs {
 }
 
 /// `hexzd attach`: serves the snapshot to the device in the foreground until SIGTERM, SIGINT,
-/// SIGHUP or `hexzd detach`. Prints one line on stdout once the device has its capacity.
+/// SIGHUP or `hexzd detach`. Prints one line on stdout once the device has its capacity. Runs
+/// through [`Attachment`], the form the daemon uses.
 pub fn attach(args: AttachArgs, report: &Reporter) -> u8 {
     let snapshot = match open_snapshot(&args.archive, args.password) {
         Ok(s) => s,
@@ -279,42 +280,59 @@ pub fn attach(args: AttachArgs, report: &Reporter) -> u8 {
         }
     };
     let size = snapshot.size(args.stream);
-    let device = match NbdDevice::open(&args.device) {
-        Ok(d) => Arc::new(d),
+    // Signals first, so that one arriving while the device is being set up still ends the
+    // session cleanly; they are forwarded once the attachment exists.
+    let (sig_tx, sig_rx) = crossbeam_channel::unbounded();
+    if let Err(e) = stop_signals(sig_tx) {
+        report.say(&format!("can't setup signal pipe: {e}"));
+        return 1;
+    }
+    let name = program_name(args.archive.file_stem().unwrap_or_default());
+    let attachment = match Attachment::start(
+        &args.device,
+        NamedSnapshot { name, snapshot },
+        args.stream,
+        AttachOptions {
+            timeout: args.timeout,
+            hook: None,
+        },
+        Arc::new(ProtoMetrics::default()),
+        report.clone(),
+    ) {
+        Ok(a) => a,
         Err(e) => {
             report.say(&e.to_string());
             return 1;
         }
     };
-    let name = program_name(args.archive.file_stem().unwrap_or_default());
-    let backend = Box::new(LocalBackend::new(
-        NamedSnapshot { name, snapshot },
-        args.stream,
-        Arc::new(ProtoMetrics::default()),
-    ));
-    let spec = Spec {
-        device,
-        timeout: args.timeout,
-        hook: None,
-        wording: Wording::Attach,
-    };
-    let line = format!(
-        "{}: attached {} ({} stream, {size} bytes, read-only)",
-        args.device.display(),
-        args.archive.display(),
-        args.stream
-    );
-    let end = session_main(&spec, backend, report, &mut |n| match n {
-        Notice::Ready => {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{line}");
-            let _ = out.flush();
-            notify("READY=1");
-        }
-        Notice::Stopping => notify("STOPPING=1"),
-    });
-    match end {
-        Some(End::Stopped | End::Detached | End::Eof | End::HookFailed) => 0,
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "{}: attached {} ({} stream, {size} bytes, read-only)",
+            args.device.display(),
+            args.archive.display(),
+            args.stream
+        );
+        let _ = out.flush();
+    }
+    notify("READY=1");
+    let stopper = attachment.stopper();
+    let forward = std::thread::Builder::new()
+        .name("signals-fwd".into())
+        .spawn(move || {
+            if sig_rx.recv().is_ok() {
+                notify("STOPPING=1");
+                stopper.stop();
+            }
+        });
+    if let Err(e) = forward {
+        report.say(&format!("cannot start: {e}"));
+        attachment.stop();
+        return 1;
+    }
+    match attachment.join() {
+        End::Stopped | End::Detached | End::Eof | End::HookFailed => 0,
         _ => 1,
     }
 }

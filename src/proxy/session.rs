@@ -13,6 +13,7 @@
 //! | EOF or hang-up on either side | — | 0 |
 //! | relay I/O error | `read failure: …` / `write failure: …` / `splice: …` | 1 |
 //! | the start hook could not be forked | `can't fork to execute hook …` | 1 |
+//! | a socketpair or thread could not be created (before anything else; no hooks) | what failed | 1 |
 //!
 //! The start hook runs once, on the first `change` uevent of the device once its capacity is
 //! non-zero (§10). At the end the stop hook runs while the backend is still serving (so a hook
@@ -120,13 +121,15 @@ pub enum End {
     RelayError,
     /// The start hook could not be forked.
     ForkFailed,
+    /// The session could not be set up (the original's set-up phase: no hooks).
+    Aborted,
 }
 
 impl End {
     /// The exit status (nbd-proxy.md §8).
     pub fn status(self) -> u8 {
         match self {
-            End::RelayError | End::ForkFailed => 1,
+            End::RelayError | End::ForkFailed | End::Aborted => 1,
             _ => 0,
         }
     }
@@ -195,7 +198,6 @@ fn monitor(
 /// `tx`; signal handlers and [`super::attach::Attachment`] send [`Event::Stop`] on `tx`.
 /// `uevents` is the socket opened before anything could emit the event (None in tests, which
 /// send [`Event::Change`] themselves).
-#[allow(clippy::too_many_arguments)]
 pub fn run<D: Device + 'static>(
     spec: &Spec<D>,
     mut backend: Box<dyn Backend>,
@@ -206,12 +208,21 @@ pub fn run<D: Device + 'static>(
     notice: &mut dyn FnMut(Notice),
 ) -> End {
     let dev = &spec.device;
-    let mut monitor = uevents.and_then(|u| monitor(u, dev.devnum(), tx.clone()));
+    let mut monitor = match uevents {
+        Some(u) => match monitor(u, dev.devnum(), tx.clone()) {
+            Some(m) => Some(m),
+            None => {
+                report.say("can't start udev monitor");
+                return End::Aborted;
+            }
+        },
+        None => None,
+    };
     let (kernel_end, our_end) = match UnixStream::pair() {
         Ok(p) => p,
         Err(e) => {
             report.say(&format!("can't create socket: {}", desc(&e)));
-            return client_stopped(report, spec, 1);
+            return End::Aborted;
         }
     };
     let control = our_end.try_clone().ok();
@@ -229,8 +240,8 @@ pub fn run<D: Device + 'static>(
             }
         });
     if let Err(e) = backend_thread {
-        report.say(&format!("can't start the relay thread: {e}"));
-        return client_stopped(report, spec, 1);
+        report.say(&format!("can't create client process: {e}"));
+        return End::Aborted;
     }
 
     let mut do_it: Option<JoinHandle<()>> = None;
@@ -252,7 +263,7 @@ pub fn run<D: Device + 'static>(
                 // On failure `configure` has cleared what it set.
                 if let Err(e) = configure(dev.as_ref(), &setup, kernel_end.as_fd()) {
                     report.say(&e.to_string());
-                    break client_stopped(report, spec, 1);
+                    break client_failed(report, spec);
                 }
                 configured = true;
                 match spawn_do_it(Arc::clone(dev), tx.clone()) {
@@ -260,13 +271,13 @@ pub fn run<D: Device + 'static>(
                     Err(e) => {
                         teardown(dev.as_ref());
                         report.say(&format!("can't start the NBD_DO_IT thread: {e}"));
-                        break client_stopped(report, spec, 1);
+                        break client_failed(report, spec);
                     }
                 }
             }
             Event::ConnectFailed(msg) => {
                 report.say(&format!("nbd device {}: {msg}", dev.path().display()));
-                break client_stopped(report, spec, 1);
+                break client_failed(report, spec);
             }
             Event::Change if !started && do_it.is_some() => {
                 if !dev.capacity_sectors().is_ok_and(|s| s > 0) {
@@ -338,10 +349,10 @@ pub fn run<D: Device + 'static>(
     end
 }
 
-/// The original's report of nbd-client exiting: after a failure `rc` is 1.
-fn client_stopped<D>(report: &Reporter, spec: &Spec<D>, rc: i32) -> End {
+/// The original's report of nbd-client failing (exit status 1) after the specific error.
+fn client_failed<D>(report: &Reporter, spec: &Spec<D>) -> End {
     if spec.wording == Wording::NbdProxy {
-        report.say(&format!("nbd client stopped (rc: {rc}); exiting"));
+        report.say("nbd client stopped (rc: 1); exiting");
     }
     End::SetupFailed
 }
