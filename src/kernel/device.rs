@@ -370,6 +370,34 @@ mod tests {
     }
 
     #[test]
+    fn ioctl_and_open_errors_say_what_to_do() {
+        let e = KernelError::Ioctl {
+            device: "/dev/nbd0".into(),
+            op: "NBD_SET_SOCK",
+            errno: Errno::EPERM,
+        };
+        assert_eq!(
+            e.to_string(),
+            "nbd device /dev/nbd0: NBD_SET_SOCK failed: Operation not permitted (needs root or \
+             CAP_SYS_ADMIN)"
+        );
+        let e = KernelError::Open {
+            device: "/dev/nbd0".into(),
+            errno: Errno::ENXIO,
+        };
+        assert_eq!(
+            e.to_string(),
+            "can't open nbd device /dev/nbd0: No such device or address (is the nbd module \
+             loaded?)"
+        );
+        let e = KernelError::InUse {
+            device: "/dev/nbd0".into(),
+            pid: Some("42".into()),
+        };
+        assert_eq!(e.to_string(), "nbd device /dev/nbd0 is in use (by pid 42)");
+    }
+
+    #[test]
     fn devnum_from_rdev_and_sysfs_path() {
         let d = DevNum::from_rdev(libc::makedev(43, 16));
         assert_eq!(
