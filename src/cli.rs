@@ -29,6 +29,14 @@ pub enum Command {
     Cat(CatArgs),
     /// Check every block: CRC, decryption, decoding, BLAKE3, parent references.
     Verify(VerifyArgs),
+    /// Be OpenBMC's nbd-proxy: relay the NBD server on stdin/stdout to /dev/nbdX (or attach a
+    /// configuration's snapshot) and run the state hook. Also run as a link named nbd-proxy.
+    NbdProxy(NbdProxyArgs),
+    /// Attach a snapshot to a kernel NBD device (/dev/nbdX), read-only, until SIGTERM, SIGINT
+    /// or `hexzd detach`.
+    Attach(AttachArgs),
+    /// End the session on a kernel NBD device, as `nbd-client -d` does.
+    Detach(DetachArgs),
 }
 
 /// Where an encrypted archive's password comes from.
@@ -188,6 +196,51 @@ pub struct VerifyArgs {
 }
 
 pub use crate::daemon::config::parse_size;
+
+/// `hexzd nbd-proxy`.
+#[derive(Debug, Args)]
+pub struct NbdProxyArgs {
+    /// nbd-proxy configuration file (JSON).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/nbd-proxy/config.json"
+    )]
+    pub config: PathBuf,
+    /// State hook, run with `start NAME` and `stop NAME`.
+    #[arg(long, value_name = "FILE", default_value = "/etc/nbd-proxy/state")]
+    pub state_hook: PathBuf,
+    /// Print every configuration's metadata as one JSON line and exit.
+    #[arg(long)]
+    pub metadata: bool,
+    /// Configuration to use (default: the only one, or the one flagged "default").
+    pub configuration: Option<String>,
+}
+
+/// `hexzd attach`.
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Archive to attach.
+    pub archive: PathBuf,
+    /// NBD device, e.g. /dev/nbd0 (not in use).
+    pub device: PathBuf,
+    /// Stream to attach.
+    #[arg(long, value_enum, default_value = "main")]
+    pub stream: StreamArg,
+    /// Kernel per-request timeout in seconds (0: none; the server is this process).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub timeout: u32,
+    /// Password of an encrypted archive.
+    #[command(flatten)]
+    pub password: PasswordArgs,
+}
+
+/// `hexzd detach`.
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// NBD device, e.g. /dev/nbd0.
+    pub device: PathBuf,
+}
 
 fn parse_size_u32(s: &str) -> Result<u32, String> {
     u32::try_from(parse_size(s)?).map_err(|_| format!("{s:?} is too large"))

@@ -157,7 +157,7 @@ impl Default for LimitsConfig {
                 limit: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
                 local_exempt: true,
             },
-            send_timeout: crate::http::DEFAULT_SEND_TIMEOUT,
+            send_timeout: crate::serving::budget::DEFAULT_SEND_TIMEOUT,
         }
     }
 }

@@ -29,9 +29,6 @@ use std::time::{Duration, SystemTime};
 
 use crate::serving::{CatalogHandle, Conn, Metrics};
 
-/// Default `[limits] send_timeout`, for HTTP and NBD alike.
-pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Settings of the HTTP front end, validated by the daemon and fixed for the service's life.
 #[derive(Clone, PartialEq, Eq)]
 pub struct HttpSettings {
@@ -59,7 +56,7 @@ impl Default for HttpSettings {
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
-            send_timeout: DEFAULT_SEND_TIMEOUT,
+            send_timeout: crate::serving::budget::DEFAULT_SEND_TIMEOUT,
             max_range_bytes: 32 << 20,
             auth_token: None,
         }

@@ -49,7 +49,7 @@ impl Default for NbdSettings {
             max_connections: 256,
             handshake_timeout: Duration::from_secs(30),
             idle_timeout: None,
-            send_timeout: crate::http::DEFAULT_SEND_TIMEOUT,
+            send_timeout: crate::serving::budget::DEFAULT_SEND_TIMEOUT,
         }
     }
 }

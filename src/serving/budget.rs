@@ -24,6 +24,9 @@ use super::ratelog::RateLog;
 
 /// Default `[limits] buffer_memory`.
 pub const DEFAULT_BUFFER_MEMORY: u64 = 256 << 20;
+/// Default `[limits] send_timeout`, for HTTP and NBD alike: how long a response may make no
+/// progress before its connection is closed.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The budget: a byte limit, what is granted now, and the queue of waiters.
 #[derive(Debug)]
