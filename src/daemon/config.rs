@@ -29,6 +29,8 @@ use crate::store::file::FileError;
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 /// Default NBD listen address.
 pub const DEFAULT_NBD: &str = "127.0.0.1:10809";
+/// Default `[daemon] shutdown_timeout`: below the unit's `TimeoutStopSec=30s`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest timeout the config accepts.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Most decompression workers the config accepts.
@@ -116,6 +118,13 @@ impl CacheConfig {
     }
 }
 
+/// `[daemon]`: the lifecycle's own settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// How long a graceful stop waits for in-flight requests before cutting connections.
+    pub shutdown_timeout: Duration,
+}
+
 /// One snapshot to serve: a `[[snapshot]]` of the file or an archive argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotConfig {
@@ -140,6 +149,8 @@ pub struct Config {
     pub nbd: NbdConfig,
     /// Store sizing.
     pub cache: CacheConfig,
+    /// Lifecycle settings.
+    pub daemon: DaemonConfig,
     /// Snapshots: the file's in file order, then the command line's.
     pub snapshots: Vec<SnapshotConfig>,
 }
@@ -163,6 +174,9 @@ impl Default for Config {
             cache: CacheConfig {
                 memory: engine.cache_bytes as u64,
                 workers: engine.workers,
+            },
+            daemon: DaemonConfig {
+                shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             },
             snapshots: Vec::new(),
         }

@@ -23,7 +23,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::serving::{CatalogHandle, Conn, Metrics, ProtoMetrics};
+use crate::serving::{CatalogHandle, Conn, Draining, Metrics, ProtoMetrics};
 use handshake::{HandshakeError, Outcome, Session};
 use transmission::{End, TransmissionError};
 
@@ -56,6 +56,8 @@ pub struct NbdService {
     settings: NbdSettings,
     catalog: Arc<CatalogHandle>,
     metrics: Arc<Metrics>,
+    /// Set by the daemon at a graceful stop: connections read no new request.
+    draining: Arc<Draining>,
 }
 
 /// Reads from a connection with one deadline for the whole handshake, so a client dripping a
@@ -98,7 +100,16 @@ impl NbdService {
             settings,
             catalog,
             metrics,
+            draining: Arc::new(Draining::new()),
         }
+    }
+
+    /// Uses `draining` as the graceful-stop flag (the daemon's; by default a flag of its own
+    /// that is never set).
+    #[must_use]
+    pub fn with_draining(mut self, draining: Arc<Draining>) -> Self {
+        self.draining = draining;
+        self
     }
 
     /// The settings in effect.
@@ -142,7 +153,14 @@ impl NbdService {
             log::warn!("nbd {peer}: cannot set socket timeouts");
             return;
         }
-        let result = transmission::serve(reader, conn, &session, &self.metrics.nbd, peer);
+        let result = transmission::serve(
+            reader,
+            conn,
+            &session,
+            &self.metrics.nbd,
+            peer,
+            &self.draining,
+        );
         self.transmission_done(result, peer, &session);
     }
 
@@ -165,7 +183,7 @@ impl NbdService {
                 Ok(())
             };
         };
-        let result = transmission::serve(r, w, &session, &self.metrics.nbd, peer);
+        let result = transmission::serve(r, w, &session, &self.metrics.nbd, peer, &self.draining);
         let failed = matches!(&result, Err(e) if !e.is_disconnect());
         self.transmission_done(result, peer, &session);
         if failed {
@@ -237,6 +255,9 @@ impl NbdService {
             Ok(End::Eof) => log::debug!("nbd {peer}: export {export:?}: client closed"),
             Ok(End::Idle) => {
                 log::info!("nbd {peer}: export {export:?}: idle timeout, closing");
+            }
+            Ok(End::Draining) => {
+                log::debug!("nbd {peer}: export {export:?}: shutting down, closed");
             }
             Ok(End::WriterFailed) => {
                 log::debug!("nbd {peer}: export {export:?}: reply failed, closed");

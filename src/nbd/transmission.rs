@@ -16,7 +16,7 @@ use super::execute::{Conn, Job};
 use super::handshake::{BLOCK_SIZE_MAX, Session};
 use super::proto::*;
 use super::reply::Sink;
-use crate::serving::ProtoMetrics;
+use crate::serving::{Draining, ProtoMetrics};
 use crate::serving::is_disconnect;
 
 /// Most handler threads per connection. With reads of a few blocks each, this keeps every
@@ -211,6 +211,8 @@ pub enum End {
     Idle,
     /// A reply could not be written (the client went away); nothing more can be said.
     WriterFailed,
+    /// The daemon is stopping: no new request was read; the ones in flight were answered.
+    Draining,
 }
 
 /// One request header, or why there is none.
@@ -261,14 +263,16 @@ fn drain<R: Read>(r: &mut R, len: u32) -> Result<(), TransmissionError> {
     Ok(())
 }
 
-/// Serves requests until DISC, EOF, the idle timeout or an error; returns after every reply in
-/// flight has been sent. `reader` must time out (if at all) with `WouldBlock`/`TimedOut`.
+/// Serves requests until DISC, EOF, the idle timeout, `draining` or an error; returns after
+/// every reply in flight has been sent. `reader` must time out (if at all) with
+/// `WouldBlock`/`TimedOut`.
 pub fn serve<R: Read, W: Sink>(
     reader: R,
     writer: W,
     session: &Session,
     metrics: &ProtoMetrics,
     peer: &str,
+    draining: &Draining,
 ) -> Result<End, TransmissionError> {
     let conn = Conn::new(session, peer, metrics, writer);
     // Pipelining clients (the kernel, nbdcopy) send requests back to back: read them in
@@ -285,6 +289,10 @@ pub fn serve<R: Read, W: Sink>(
         let result = loop {
             if conn.out.is_broken() {
                 break Ok(End::WriterFailed);
+            }
+            // A graceful stop: read no new request (requests already buffered included).
+            if draining.is_set() {
+                break Ok(End::Draining);
             }
             let raw = match read_header(reader) {
                 Ok(Next::Request(b)) => b,

@@ -3,6 +3,7 @@
 //! checked exactly like the key it replaces, and errors name the flag.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::serving::valid_name;
 
@@ -24,6 +25,8 @@ pub struct Overrides {
     pub cache_memory: Option<u64>,
     /// `--workers`.
     pub workers: Option<usize>,
+    /// `--shutdown-timeout`.
+    pub shutdown_timeout: Option<Duration>,
     /// `ARCHIVE[=NAME]` arguments, served after the file's snapshots.
     pub archives: Vec<String>,
     /// `--password-file`: the password of every archive argument.

@@ -14,6 +14,7 @@ pub(super) struct RawConfig {
     pub http: Option<RawHttp>,
     pub nbd: Option<RawNbd>,
     pub cache: Option<RawCache>,
+    pub daemon: Option<RawDaemon>,
     #[serde(default)]
     pub snapshot: Vec<RawSnapshot>,
     #[serde(default)]
@@ -49,6 +50,13 @@ pub(super) struct RawNbd {
 pub(super) struct RawCache {
     pub memory: Option<Value>,
     pub workers: Option<usize>,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDaemon {
+    pub shutdown_timeout: Option<Value>,
 }
 
 /// One `[[snapshot]]`.

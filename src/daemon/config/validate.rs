@@ -66,6 +66,10 @@ impl Place {
             Value::Int(n) => Duration::from_secs(*n),
             Value::Str(s) => parse_duration(s).map_err(|p| self.invalid(p))?,
         };
+        self.bounded(d)
+    }
+
+    fn bounded(&self, d: Duration) -> Result<Duration, ConfigError> {
         // Deadlines are computed as `Instant + timeout`; an absurd value would overflow there
         // on every connection rather than here once.
         if d > MAX_TIMEOUT {
@@ -194,6 +198,13 @@ pub(super) fn validate(
             return Err(place.invalid(format!("{w} is more than {MAX_WORKERS}")));
         }
         c.cache.workers = w;
+    }
+
+    let daemon = raw.daemon.unwrap_or_default();
+    if let Some(d) = ov.shutdown_timeout {
+        c.daemon.shutdown_timeout = Place::Flag("--shutdown-timeout").bounded(d)?;
+    } else if let Some(v) = &daemon.shutdown_timeout {
+        c.daemon.shutdown_timeout = src.key("daemon.shutdown_timeout").duration(v)?;
     }
 
     c.snapshots = snapshots(&src, &raw.snapshot)?;
