@@ -30,7 +30,7 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("hexzd: {e}");
+            hexzd::logging::fatal(&format!("hexzd: {e}"));
             ExitCode::FAILURE
         }
     }
