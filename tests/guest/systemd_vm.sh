@@ -11,6 +11,8 @@
 # hexzd-nbd.socket. Prints `systemctl status hexzd` as it stood while serving.
 
 DIR=${1:-/host}
+# Plain text in the console: no terminal hyperlinks, no pager.
+export SYSTEMD_URLIFY=0 SYSTEMD_PAGER=
 fails=0
 pass() { echo "PASS: $*"; }
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
@@ -37,6 +39,7 @@ echo "guest: $(cat /proc/1/comm) is PID 1; systemd $(systemctl --version | head 
 # script, part of multi-user.target, ends).
 wait_until 120 sh -c '[ "$(systemctl list-jobs --no-legend | grep -vc nbdvm-run)" = 0 ]'
 
+stamp() { echo "guest: $* at uptime $(cut -d' ' -f1 /proc/uptime) s"; }
 # Install.
 check "dpkg -i hexzd.deb" dpkg -i "$DIR/hexzd.deb"
 check "units installed and known to systemd" sh -c 'systemctl cat hexzd.service hexzd-http.socket hexzd-nbd.socket > /dev/null' 
@@ -60,10 +63,11 @@ check "systemctl start hexzd" systemctl start hexzd
 check "hexzd is active" systemctl is-active --quiet hexzd
 check "both sockets are active" systemctl is-active --quiet hexzd-http.socket hexzd-nbd.socket
 echo "----- systemctl status hexzd (serving) -----"
-systemctl status hexzd --no-pager --lines=8
+systemctl status hexzd --no-pager --full --lines=8
 echo "----- end of status -----"
 check "STATUS= names the snapshot" sh -c 'systemctl show -p StatusText --value hexzd | grep -q "serving 1 snapshot(s): demo"'
 
+stamp "started"
 # HTTP: the ext4 superblock magic 0xEF53 at 1024 + 0x38, and the whole disk's checksum.
 magic=$(curl -sf -r 1024-2047 http://127.0.0.1:8080/disk | od -A n -t x1 -j 56 -N 2 | tr -d ' ')
 check "curl -r 1024-2047 shows the ext4 superblock magic (got '$magic')" [ "$magic" = 53ef ]
@@ -91,6 +95,7 @@ rm -f /tmp/stop /tmp/errors /tmp/reads
 reader=$!
 wait_until 60 test -s /tmp/reads
 
+stamp "readers running"
 # A good reload: a second snapshot appears.
 cat >> /etc/hexzd/hexzd.toml << 'EOF'
 
@@ -115,6 +120,7 @@ cp /tmp/good.toml /etc/hexzd/hexzd.toml
 check "systemctl reload hexzd (back to one snapshot)" systemctl reload hexzd
 check "the reload finished" wait_until 60 sh -c 'systemctl show -p StatusText --value hexzd | grep -q "serving 1 snapshot(s).*last reload: ok"'
 
+stamp "reloads done"
 touch /tmp/stop
 wait "$reader"
 check "the readers ran through the reloads ($(wc -l < /tmp/reads) rounds)" test -s /tmp/reads
@@ -129,7 +135,7 @@ umount /mnt/snap
 check "nbd-client -d" nbd-client -d /dev/nbd0
 
 echo "----- systemctl status hexzd (before stop) -----"
-systemctl status hexzd --no-pager --lines=5
+systemctl status hexzd --no-pager --full --lines=5
 echo "----- end of status -----"
 check "systemctl stop hexzd" systemctl stop hexzd
 check "stopped cleanly (Result=success)" sh -c '[ "$(systemctl show -p Result --value hexzd)" = success ]'
@@ -142,6 +148,7 @@ check "journal: shutdown logged" sh -c 'journalctl -u hexzd --no-pager | grep -q
 echo "----- journalctl -u hexzd -p err -----"
 journalctl -u hexzd -p err --no-pager | tail -n 5
 
+stamp "stopped"
 # On demand through the socket units.
 systemctl stop hexzd-http.socket hexzd-nbd.socket
 check "sockets started alone" systemctl start hexzd-http.socket hexzd-nbd.socket
