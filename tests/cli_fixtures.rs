@@ -124,9 +124,15 @@ fn cat_length_past_the_end_is_an_error_like_an_offset_past_the_end() {
         .arg(fixture("hello-lz4.hxz"))
         .args(["--offset", "1000", "--length", "100"]));
     let err = common::assert_clean_failure(&o, "length past end");
-    assert!(err.contains("offset 1000 + length 100 is past the end"), "{err}");
+    assert!(
+        err.contains("offset 1000 + length 100 is past the end"),
+        "{err}"
+    );
     assert!(o.stdout.is_empty());
-    let f = FIXTURES.iter().find(|f| f.archive == "hello-lz4.hxz").expect("fixture");
+    let f = FIXTURES
+        .iter()
+        .find(|f| f.archive == "hello-lz4.hxz")
+        .expect("fixture");
     assert_eq!(cat(f, &["--offset", "1000", "--length", "80"]).len(), 80);
 }
 

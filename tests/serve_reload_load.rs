@@ -26,7 +26,7 @@ struct Files {
 const RANGE: (u64, u64) = (60_000, 60_000 + 200_000 - 1);
 
 fn slice(raw: &[u8]) -> &[u8] {
-    &raw[RANGE.0 as usize..=RANGE.1 as usize]
+    &raw[usize::try_from(RANGE.0).unwrap()..=usize::try_from(RANGE.1).unwrap()]
 }
 
 /// Reads one response on a kept-alive connection; returns (ETag, body).
@@ -113,7 +113,11 @@ fn twenty_swaps_under_http_and_nbd_load_lose_no_request() {
                         return Err(format!("HTTP status {status}"));
                     }
                     let etag = header(&head, "etag").unwrap_or_default();
-                    let want = if etag == etag_a { &files.a.1 } else { &files.b.1 };
+                    let want = if etag == etag_a {
+                        &files.a.1
+                    } else {
+                        &files.b.1
+                    };
                     if body != slice(want) {
                         return Err(format!("HTTP bytes do not match ETag {etag}"));
                     }
@@ -149,9 +153,16 @@ fn twenty_swaps_under_http_and_nbd_load_lose_no_request() {
         // New connections: the new file's bytes and ETag.
         let (status, head, body) = get(http, "/snapshots/s/disk", Some(RANGE));
         assert_eq!(status, 206);
-        assert!(body == slice(raw), "swap {i}: a new HTTP connection got old bytes");
+        assert!(
+            body == slice(raw),
+            "swap {i}: a new HTTP connection got old bytes"
+        );
         let etag = header(&head, "etag").unwrap().to_string();
-        assert_ne!(&etag, etags.last().unwrap(), "swap {i}: the ETag did not change");
+        assert_ne!(
+            &etag,
+            etags.last().unwrap(),
+            "swap {i}: the ETag did not change"
+        );
         etags.push(etag);
         let mut c = Nbd::connect(nbd, "s").unwrap();
         assert_eq!(c.size, raw.len() as u64);
@@ -159,7 +170,10 @@ fn twenty_swaps_under_http_and_nbd_load_lose_no_request() {
         assert!(c.read(RANGE.0, len).unwrap() == slice(raw));
         // Old connections: still file A.
         let (etag, body) = keep_alive_range(&mut old_http).unwrap();
-        assert_eq!(etag, etag_a, "swap {i}: an old HTTP connection changed snapshot");
+        assert_eq!(
+            etag, etag_a,
+            "swap {i}: an old HTTP connection changed snapshot"
+        );
         assert!(body == slice(&files.a.1));
         assert!(old_nbd.read(RANGE.0, len).unwrap() == slice(&files.a.1));
         // Keep the load on: both readers get requests through between two swaps.
@@ -198,7 +212,10 @@ fn twenty_swaps_under_http_and_nbd_load_lose_no_request() {
         &files.a.1
     };
     let (_, _, body) = get(http, "/snapshots/s/disk", Some(RANGE));
-    assert!(body == slice(last), "a failed reload changed what is served");
+    assert!(
+        body == slice(last),
+        "a failed reload changed what is served"
+    );
 
     // The FIFO once more, and SIGTERM right behind the SIGHUP.
     d.signal(libc::SIGHUP);

@@ -53,7 +53,8 @@ fn start(dir: &Path, archive: &Path, timeout: &str) -> (Daemon, Notify, u16, u16
 fn start_download(port: u16, first: usize) -> (TcpStream, u64, Vec<u8>) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(systemd_support::LIMIT)).unwrap();
-    s.write_all(b"GET /disk HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /disk HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let split = loop {
@@ -118,7 +119,10 @@ fn in_flight_http_download_and_nbd_read_finish_and_the_process_exits_0() {
     assert_eq!(got, cookie);
     assert!(data == raw[4096..4096 + (32 << 20)], "NBD bytes differ");
     let _ = reader.send_read(0, 512);
-    assert!(reader.recv_read(512).is_err(), "a new NBD request was taken");
+    assert!(
+        reader.recv_read(512).is_err(),
+        "a new NBD request was taken"
+    );
 
     // The download completes, byte for byte.
     download.read_to_end(&mut body).unwrap();
@@ -129,7 +133,11 @@ fn in_flight_http_download_and_nbd_read_finish_and_the_process_exits_0() {
     assert!(status.success(), "{status:?}");
     // It exited because everything finished, not at the 60 s deadline.
     assert!(stopped_at.elapsed() < Duration::from_secs(50));
-    assert!(!d.lines().iter().any(|l| l.contains("cut")), "{:?}", d.lines());
+    assert!(
+        !d.lines().iter().any(|l| l.contains("cut")),
+        "{:?}",
+        d.lines()
+    );
 }
 
 #[test]

@@ -252,7 +252,10 @@ fn nbdinfo_runs_hexzd_with_one_unnamed_socket_and_activated_protocol_nbd() {
         String::from_utf8_lossy(&out.stderr)
     );
     let size = std::fs::metadata(fixture("mixed.img")).unwrap().len();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), size.to_string());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        size.to_string()
+    );
 
     // Without the flag, the unnamed socket is one clear error.
     let out = Command::new("nbdinfo")

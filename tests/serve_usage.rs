@@ -54,7 +54,13 @@ fn serve_fails(args: &[&str]) -> String {
 #[test]
 fn a_reserved_or_invalid_snapshot_name_is_named_not_a_missing_file() {
     let d = demo();
-    let err = serve_fails(&["--http", "127.0.0.1:0", "--nbd", "off", &format!("{d}=disk")]);
+    let err = serve_fails(&[
+        "--http",
+        "127.0.0.1:0",
+        "--nbd",
+        "off",
+        &format!("{d}=disk"),
+    ]);
     assert!(
         err.contains("\"disk\" is not a valid snapshot name") && err.contains("reserved"),
         "{err}"
@@ -103,7 +109,10 @@ fn block_size_zero_is_a_usage_error_exit_2() {
     let o = output(cmd);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("--block-size") && err.contains("out of range"), "{err}");
+    assert!(
+        err.contains("--block-size") && err.contains("out of range"),
+        "{err}"
+    );
     assert!(!dir.path().join("out.hxz").exists());
 }
 

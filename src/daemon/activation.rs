@@ -184,7 +184,10 @@ mod tests {
         let e = plan(&env("7", "1", Some("hexzd.socket")), 7, None)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("\"hexzd.socket\"") && e.contains("FileDescriptorName"), "{e}");
+        assert!(
+            e.contains("\"hexzd.socket\"") && e.contains("FileDescriptorName"),
+            "{e}"
+        );
         // A known name wins over the flag.
         let p = plan(&env("7", "2", Some("http:x")), 7, Some(Protocol::Nbd)).unwrap();
         assert_eq!(p, [(3, Protocol::Http), (4, Protocol::Nbd)]);
@@ -192,7 +195,11 @@ mod tests {
 
     #[test]
     fn another_pid_or_nothing_passed_means_no_sockets() {
-        assert!(plan(&env("8", "1", Some("http")), 7, None).unwrap().is_empty());
+        assert!(
+            plan(&env("8", "1", Some("http")), 7, None)
+                .unwrap()
+                .is_empty()
+        );
         assert!(plan(&SystemdEnv::default(), 7, None).unwrap().is_empty());
         assert!(plan(&SystemdEnv::default(), 7, Some(Protocol::Http)).is_err());
     }

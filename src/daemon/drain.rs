@@ -87,9 +87,7 @@ pub fn drain(metrics: &Metrics, open: &OpenConns, draining: &Draining, timeout: 
     }
     if left > 0 {
         open.shutdown_all(Shutdown::Both);
-        log::warn!(
-            "{left} connection(s) still busy at the shutdown deadline ({timeout:?}); cut"
-        );
+        log::warn!("{left} connection(s) still busy at the shutdown deadline ({timeout:?}); cut");
     }
 }
 

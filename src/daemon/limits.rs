@@ -123,10 +123,7 @@ mod tests {
 
     #[test]
     fn caps_that_fit_are_kept() {
-        assert_eq!(
-            fit_caps(1024, 256, Some(65536), Some(4096), 2),
-            (1024, 256)
-        );
+        assert_eq!(fit_caps(1024, 256, Some(65536), Some(4096), 2), (1024, 256));
         assert_eq!(fit_caps(1024, 256, None, None, 2), (1024, 256));
     }
 
@@ -147,7 +144,10 @@ mod tests {
     fn fit_says_so_in_one_line() {
         let mut c = Config::default();
         let msg = fit(&mut c, Some(1024), None).unwrap_or_default();
-        assert!(msg.contains("HTTP 1024 -> ") && !msg.contains('\n'), "{msg}");
+        assert!(
+            msg.contains("HTTP 1024 -> ") && !msg.contains('\n'),
+            "{msg}"
+        );
         assert!(c.http.settings.max_connections < 1024);
         let mut c = Config::default();
         assert_eq!(fit(&mut c, Some(65536), Some(4096)), None);

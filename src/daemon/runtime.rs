@@ -354,8 +354,8 @@ impl Runtime {
     /// Shutdown is starting: `STOPPING=1`.
     fn on_stopping(&self) {
         log::debug!("stopping");
-        let open = get(&self.metrics.http.connections_active)
-            + get(&self.metrics.nbd.connections_active);
+        let open =
+            get(&self.metrics.http.connections_active) + get(&self.metrics.nbd.connections_active);
         self.notifier.send(&notify::stopping(&format!(
             "stopping: {open} connection(s) open, draining for at most {:?}",
             self.config.daemon.shutdown_timeout

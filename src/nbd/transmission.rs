@@ -16,8 +16,8 @@ use super::execute::{Conn, Job};
 use super::handshake::{BLOCK_SIZE_MAX, Session};
 use super::proto::*;
 use super::reply::Sink;
-use crate::serving::{Draining, ProtoMetrics};
 use crate::serving::is_disconnect;
+use crate::serving::{Draining, ProtoMetrics};
 
 /// Most handler threads per connection. With reads of a few blocks each, this keeps every
 /// decompression worker of a typical machine busy from one connection (nbdcopy keeps 64

@@ -59,7 +59,9 @@ path = "/srv/snapshots/demo.hxz"
 EOF
 cp /etc/hexzd/hexzd.toml /tmp/good.toml
 
-check "systemctl start hexzd" systemctl start hexzd
+check "hexzd serve --check-config (as the README does)" hexzd serve --check-config --config /etc/hexzd/hexzd.toml
+check "systemctl enable --now hexzd" systemctl enable --now hexzd
+check "hexzd is enabled" systemctl is-enabled --quiet hexzd
 check "hexzd is active" systemctl is-active --quiet hexzd
 check "both sockets are active" systemctl is-active --quiet hexzd-http.socket hexzd-nbd.socket
 echo "----- systemctl status hexzd (serving) -----"

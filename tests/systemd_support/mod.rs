@@ -321,7 +321,8 @@ pub fn have(tool: &str) -> bool {
 /// A config file serving `snapshots` (name, path) on an HTTP and an NBD port of the kernel's
 /// choosing, with `extra` appended.
 pub fn config(snapshots: &[(&str, &Path)], extra: &str) -> String {
-    let mut s = String::from("[http]\nlisten = [\"127.0.0.1:0\"]\n[nbd]\nlisten = [\"127.0.0.1:0\"]\n");
+    let mut s =
+        String::from("[http]\nlisten = [\"127.0.0.1:0\"]\n[nbd]\nlisten = [\"127.0.0.1:0\"]\n");
     s.push_str(extra);
     for (name, path) in snapshots {
         s.push_str(&format!(

@@ -119,6 +119,9 @@ mod tests {
         let e = ArchiveArg::parse("demo.hxz=disk").unwrap_err();
         assert!(e.contains("\"disk\" is not a valid snapshot name") && e.contains("reserved"));
         let e = ArchiveArg::parse("demo.hxz=bad name").unwrap_err();
-        assert!(e.contains("\"bad name\" is not a valid snapshot name"), "{e}");
+        assert!(
+            e.contains("\"bad name\" is not a valid snapshot name"),
+            "{e}"
+        );
     }
 }
