@@ -270,3 +270,29 @@ fn nbdinfo_runs_hexzd_with_one_unnamed_socket_and_activated_protocol_nbd() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--activated-protocol"), "{err}");
 }
+
+#[test]
+fn an_encrypted_snapshot_extends_the_start_timeout_before_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "correct-horse-battery\n").unwrap();
+    let cfg = dir.path().join("hexzd.toml");
+    let mut text = config(&[("enc", &fixture("mixed-enc-lz4.hxz"))], "");
+    text.push_str(&format!("password_file = {:?}\n", pw.display().to_string()));
+    std::fs::write(&cfg, text).unwrap();
+    let notify = Notify::bind();
+    let mut cmd = serve_command();
+    cmd.args(["--config", cfg.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &notify.path);
+    let mut d = Daemon::spawn(cmd);
+    // Key derivation is slow: systemd is asked for more time before READY=1.
+    let extend = notify.expect("EXTEND_TIMEOUT_USEC=");
+    assert!(
+        extend.contains("EXTEND_TIMEOUT_USEC=30000000")
+            && extend.contains("opening snapshot 1 of 1: enc"),
+        "{extend}"
+    );
+    notify.expect("READY=1");
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(30)).success());
+}

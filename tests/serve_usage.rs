@@ -190,3 +190,27 @@ fn readme_range_shows_the_ext4_superblock_at_1024() {
     let (_, _, first) = get(port, "/disk", Some((0, 1023)));
     assert!(first.iter().all(|b| *b == 0));
 }
+
+#[test]
+fn caps_above_the_open_files_limit_are_lowered_and_said_in_one_line() {
+    // A hard limit of 400 descriptors cannot carry 1024 HTTP connections.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 400 && exec \"$0\" serve --http 127.0.0.1:0 --nbd off \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_hexzd"))
+        .arg(demo())
+        .env("HEXZD_LOG", "info");
+    let mut d = Daemon::spawn(cmd);
+    let line = d.wait_for("connection caps lowered");
+    assert!(
+        line.contains("HTTP 1024 -> ") && line.contains("open files 400"),
+        "{line}"
+    );
+    d.port("HTTP");
+    let lowered = d
+        .lines()
+        .iter()
+        .filter(|l| l.contains("connection caps lowered"))
+        .count();
+    assert_eq!(lowered, 1);
+}
