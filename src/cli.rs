@@ -76,15 +76,48 @@ pub struct ServeArgs {
     /// Largest ranged HTTP response in bytes; 0 serves every range exactly (default 32 MiB).
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub max_range_bytes: Option<u64>,
-    /// Block cache size (e.g. 256MiB; 0 disables the cache).
+    /// Block cache size, e.g. 256MiB; 0 disables the cache. [default: 256MiB, or [cache]
+    /// memory in the config file]
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub cache: Option<u64>,
-    /// Decompression worker threads (0 = one per CPU).
-    #[arg(long)]
+    /// Decompression worker threads; 0 = one per CPU. [default: 0, or [cache] workers in the
+    /// config file]
+    #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// How long a stop (SIGTERM) lets in-flight requests finish before closing connections,
+    /// e.g. 10s, 500ms. [default: 10s, or [daemon] shutdown_timeout in the config file]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_timeout: Option<std::time::Duration>,
+    /// The protocol of sockets passed by socket activation without a name hexzd knows: one
+    /// fd from a generic activator (nbdinfo -- [ hexzd serve ... ]). systemd's sockets are
+    /// named by FileDescriptorName=http or nbd and need no flag.
+    #[arg(long, value_enum, value_name = "PROTOCOL")]
+    pub activated_protocol: Option<ActivatedProtocol>,
+    /// Validate the configuration (file and flags) and open every snapshot, then exit: 0 and
+    /// one summary line on stdout, or 1 and the error (for ExecReload= before SIGHUP).
+    #[arg(long, conflicts_with_all = ["stdio", "activated_protocol"])]
+    pub check_config: bool,
     /// Password file for encrypted archives given on the command line.
     #[command(flatten)]
     pub password: PasswordArgs,
+}
+
+/// `--activated-protocol` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ActivatedProtocol {
+    /// HTTP range server.
+    Http,
+    /// NBD server.
+    Nbd,
+}
+
+impl From<ActivatedProtocol> for crate::daemon::Protocol {
+    fn from(p: ActivatedProtocol) -> Self {
+        match p {
+            ActivatedProtocol::Http => crate::daemon::Protocol::Http,
+            ActivatedProtocol::Nbd => crate::daemon::Protocol::Nbd,
+        }
+    }
 }
 
 /// `hexzd pack`.
@@ -97,8 +130,8 @@ pub struct PackArgs {
     /// Block codec.
     #[arg(long, value_enum, default_value = "lz4")]
     pub compression: Codec,
-    /// Fixed block size (bytes; K/M suffixes allowed, e.g. 64K).
-    #[arg(long, value_name = "BYTES", value_parser = parse_size_u32, default_value = "65536")]
+    /// Fixed block size (bytes; K/M suffixes allowed, e.g. 64K; 512 to 16M).
+    #[arg(long, value_name = "BYTES", value_parser = parse_block_size, default_value = "65536")]
     pub block_size: u32,
     /// Raw input for the auxiliary ("memory") stream.
     #[arg(long, value_name = "FILE")]
@@ -195,7 +228,7 @@ pub struct VerifyArgs {
     pub password: PasswordArgs,
 }
 
-pub use crate::daemon::config::parse_size;
+pub use crate::daemon::config::{parse_duration, parse_size};
 
 /// `hexzd nbd-proxy`.
 #[derive(Debug, Args)]
@@ -242,8 +275,19 @@ pub struct DetachArgs {
     pub device: PathBuf,
 }
 
-fn parse_size_u32(s: &str) -> Result<u32, String> {
-    u32::try_from(parse_size(s)?).map_err(|_| format!("{s:?} is too large"))
+/// A `--block-size`: out of range is a usage error (exit 2), like any bad argument.
+fn parse_block_size(s: &str) -> Result<u32, String> {
+    let range = crate::pack::MIN_BLOCK_SIZE..=crate::format::MAX_BLOCK_LEN;
+    u32::try_from(parse_size(s)?)
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            format!(
+                "{s:?} is out of range ({} to {} bytes)",
+                range.start(),
+                range.end()
+            )
+        })
 }
 
 #[cfg(test)]

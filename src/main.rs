@@ -37,7 +37,7 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("hexzd: {e}");
+            hexzd::logging::fatal(&format!("hexzd: {e}"));
             ExitCode::FAILURE
         }
     }

@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::clients::ClientCounts;
+use super::drain::OpenConns;
 use super::listener::{Listener, Protocol};
 use super::shutdown::Shutdown;
+use super::watchdog::Probe;
 use crate::http::HttpService;
 use crate::nbd::NbdService;
 use crate::serving::{Conn, Metrics, ProtoMetrics, RateLog};
@@ -98,13 +100,21 @@ pub struct AcceptLoop {
     pub clients: Arc<ClientCounts>,
     /// Ends the loop when triggered.
     pub shutdown: Arc<Shutdown>,
+    /// Every open connection, for the graceful stop (`drain`).
+    pub open: Arc<OpenConns>,
+    /// The watchdog's liveness check of this loop.
+    pub probe: Arc<Probe>,
 }
 
-/// Decrements the active-connection gauge when a connection thread ends, however it ends.
-struct ActiveGuard(Arc<Metrics>, Service);
+/// When a connection thread ends, however it ends: forgets the connection in [`OpenConns`]
+/// and decrements the active-connection gauge.
+struct ActiveGuard(Arc<Metrics>, Service, Arc<OpenConns>, Option<u64>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
+        if let Some(id) = self.3 {
+            self.2.remove(id);
+        }
         ProtoMetrics::sub(&self.1.counters(&self.0).connections_active, 1);
     }
 }
@@ -130,17 +140,23 @@ fn accept_loop(listener: &Listener, cfg: &AcceptLoop) {
         let mut fds = [
             PollFd::new(listener.poll_fd(), PollFlags::POLLIN),
             PollFd::new(cfg.shutdown.wake_fd(), PollFlags::POLLIN),
+            PollFd::new(cfg.probe.fd(), PollFlags::POLLIN),
         ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
+        let probed = match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => fds[2].any().unwrap_or(false),
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {
                 log::error!("{proto} accept loop: poll failed: {e}");
                 std::thread::sleep(EXHAUSTED_BACKOFF);
                 continue;
             }
-        }
+        };
         if cfg.shutdown.is_triggered() {
+            break;
+        }
+        if probed && !cfg.probe.answer(listener.poll_fd()) {
+            // Test hook: behave as a wedged loop (no answers, no accepts) until shutdown.
+            cfg.shutdown.wait();
             break;
         }
         // Drain the backlog: the listener is non-blocking.
@@ -180,7 +196,12 @@ fn accept_loop(listener: &Listener, cfg: &AcceptLoop) {
                 cfg.service.reject(conn);
                 continue;
             }
-            let guard = ActiveGuard(Arc::clone(&cfg.metrics), cfg.service.clone());
+            let mut guard = ActiveGuard(
+                Arc::clone(&cfg.metrics),
+                cfg.service.clone(),
+                Arc::clone(&cfg.open),
+                None,
+            );
             let slot = match cfg.clients.admit(conn.client_id()) {
                 Ok(slot) => slot,
                 Err(over) => {
@@ -200,6 +221,7 @@ fn accept_loop(listener: &Listener, cfg: &AcceptLoop) {
                 }
             };
             ProtoMetrics::add(&m.connections_total, 1);
+            guard.3 = cfg.open.register(&conn);
             let service = cfg.service.clone();
             let n = cfg.seq.fetch_add(1, Ordering::Relaxed);
             let spawned = std::thread::Builder::new()

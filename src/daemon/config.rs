@@ -29,6 +29,8 @@ use crate::store::file::FileError;
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 /// Default NBD listen address.
 pub const DEFAULT_NBD: &str = "127.0.0.1:10809";
+/// Default `[daemon] shutdown_timeout`: below the unit's `TimeoutStopSec=30s`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest timeout the config accepts.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Most decompression workers the config accepts.
@@ -162,6 +164,13 @@ impl Default for LimitsConfig {
     }
 }
 
+/// `[daemon]`: the lifecycle's own settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// How long a graceful stop waits for in-flight requests before cutting connections.
+    pub shutdown_timeout: Duration,
+}
+
 /// One snapshot to serve: a `[[snapshot]]` of the file or an archive argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotConfig {
@@ -188,6 +197,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Memory and per-client limits.
     pub limits: LimitsConfig,
+    /// Lifecycle settings.
+    pub daemon: DaemonConfig,
     /// Snapshots: the file's in file order, then the command line's.
     pub snapshots: Vec<SnapshotConfig>,
 }
@@ -213,6 +224,9 @@ impl Default for Config {
                 workers: engine.workers,
             },
             limits: LimitsConfig::default(),
+            daemon: DaemonConfig {
+                shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            },
             snapshots: Vec::new(),
         }
     }

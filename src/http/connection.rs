@@ -120,6 +120,14 @@ impl<'a> Connection<'a> {
                     return;
                 }
             };
+            // A graceful stop: the response in flight has gone out; take no new request.
+            if self.svc.draining.is_set() {
+                log::debug!("{}: shutting down, connection closed", self.peer);
+                // FIN first, then discard what the client sent: a close with unread data
+                // would be a reset, which can destroy the response it is still reading.
+                self.linger_close();
+                return;
+            }
             let started = Instant::now();
             let result = match next {
                 Next::Closed => return,

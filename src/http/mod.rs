@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
-use crate::serving::{CatalogHandle, Conn, Metrics};
+use crate::serving::{CatalogHandle, Conn, Draining, Metrics};
 
 /// Settings of the HTTP front end, validated by the daemon and fixed for the service's life.
 #[derive(Clone, PartialEq, Eq)]
@@ -92,6 +92,8 @@ pub struct HttpService {
     nonce: AtomicU64,
     /// Responses that failed on a corrupt block (CRC, codec, tag): `/metrics`.
     corrupt_blocks: AtomicU64,
+    /// Set by the daemon at a graceful stop: connections take no new request.
+    draining: Arc<Draining>,
 }
 
 impl HttpService {
@@ -105,7 +107,16 @@ impl HttpService {
             metrics,
             nonce: AtomicU64::new(0),
             corrupt_blocks: AtomicU64::new(0),
+            draining: Arc::new(Draining::new()),
         }
+    }
+
+    /// Uses `draining` as the graceful-stop flag (the daemon's; by default a flag of its own
+    /// that is never set).
+    #[must_use]
+    pub fn with_draining(mut self, draining: Arc<Draining>) -> Self {
+        self.draining = draining;
+        self
     }
 
     /// The settings in effect.

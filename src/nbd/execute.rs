@@ -18,7 +18,7 @@ use super::handshake::Session;
 use super::proto::*;
 use super::reply::{Claim, ReadSent, ReplyWriter, Sink};
 use super::transmission::{Command, Refusal};
-use crate::serving::{Budget, Buffer, ProtoMetrics};
+use crate::serving::{Budget, Buffer, Draining, ProtoMetrics};
 use crate::store::{Extent, ExtentKind, StoreError};
 
 /// READ bytes dispatched but not yet replied, per connection. One READ of the maximum size is
@@ -83,6 +83,8 @@ pub struct Shared<'a> {
     pub budget: &'a Budget,
     /// Time a reply may make no progress before the connection is closed.
     pub send_timeout: Duration,
+    /// The graceful-stop flag: once set, no new request is read.
+    pub draining: &'a Draining,
 }
 
 /// State shared by the reader and the handlers of one connection.

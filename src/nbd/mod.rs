@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::serving::conn::stall_tick;
-use crate::serving::{CatalogHandle, Conn, Metrics, ProtoMetrics, RateLog};
+use crate::serving::{CatalogHandle, Conn, Draining, Metrics, ProtoMetrics, RateLog};
 use handshake::{HandshakeError, Outcome, Session};
 use transmission::{End, TransmissionError};
 
@@ -61,6 +61,8 @@ pub struct NbdService {
     settings: NbdSettings,
     catalog: Arc<CatalogHandle>,
     metrics: Arc<Metrics>,
+    /// Set by the daemon at a graceful stop: connections read no new request.
+    draining: Arc<Draining>,
 }
 
 /// Reads from a connection with one deadline for the whole handshake, so a client dripping a
@@ -103,7 +105,16 @@ impl NbdService {
             settings,
             catalog,
             metrics,
+            draining: Arc::new(Draining::new()),
         }
+    }
+
+    /// Uses `draining` as the graceful-stop flag (the daemon's; by default a flag of its own
+    /// that is never set).
+    #[must_use]
+    pub fn with_draining(mut self, draining: Arc<Draining>) -> Self {
+        self.draining = draining;
+        self
     }
 
     /// The settings in effect.
@@ -188,6 +199,7 @@ impl NbdService {
             metrics: &self.metrics.nbd,
             budget: &self.metrics.budget,
             send_timeout: self.settings.send_timeout,
+            draining: &self.draining,
         }
     }
 
@@ -263,6 +275,9 @@ impl NbdService {
                         RateLog::suffix(n)
                     );
                 }
+            }
+            Ok(End::Draining) => {
+                log::debug!("nbd {peer}: export {export:?}: shutting down, closed");
             }
             Ok(End::WriterFailed) => {
                 log::debug!("nbd {peer}: export {export:?}: reply failed, closed");

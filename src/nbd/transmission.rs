@@ -214,6 +214,8 @@ pub enum End {
     WriterFailed,
     /// The client read nothing of a reply for the send timeout: closed.
     SendTimeout,
+    /// The daemon is stopping: no new request was read; the ones in flight were answered.
+    Draining,
 }
 
 /// One request header, or why there is none.
@@ -264,8 +266,9 @@ fn drain<R: Read>(r: &mut R, len: u32) -> Result<(), TransmissionError> {
     Ok(())
 }
 
-/// Serves requests until DISC, EOF, the idle timeout or an error; returns after every reply in
-/// flight has been sent. `reader` must time out (if at all) with `WouldBlock`/`TimedOut`.
+/// Serves requests until DISC, EOF, the idle timeout, `draining` or an error; returns after
+/// every reply in flight has been sent. `reader` must time out (if at all) with
+/// `WouldBlock`/`TimedOut`.
 pub fn serve<R: Read, W: Sink>(
     reader: R,
     writer: W,
@@ -273,6 +276,7 @@ pub fn serve<R: Read, W: Sink>(
     shared: Shared<'_>,
     peer: &str,
 ) -> Result<End, TransmissionError> {
+    let draining = shared.draining;
     let conn = Conn::new(session, peer, shared, writer);
     // Pipelining clients (the kernel, nbdcopy) send requests back to back: read them in
     // batches, not one syscall per 28-byte header.
@@ -288,6 +292,10 @@ pub fn serve<R: Read, W: Sink>(
         let result = loop {
             if conn.out.is_broken() {
                 break Ok(End::WriterFailed);
+            }
+            // A graceful stop: read no new request (requests already buffered included).
+            if draining.is_set() {
+                break Ok(End::Draining);
             }
             let raw = match read_header(reader) {
                 Ok(Next::Request(b)) => b,

@@ -21,7 +21,7 @@ use crate::kernel::{Device, KernelError, NbdDevice, UeventSocket};
 use crate::nbd::handshake::{Session, transmission_flags};
 use crate::nbd::transmission::{self, Shared};
 use crate::serving::budget::{Budget, DEFAULT_BUFFER_MEMORY, DEFAULT_SEND_TIMEOUT};
-use crate::serving::{Conn, NamedSnapshot, ProtoMetrics};
+use crate::serving::{Conn, Draining, NamedSnapshot, ProtoMetrics};
 
 /// How long [`Attachment::start`] waits for the kernel's `change` uevent before reading the
 /// capacity itself (uevents do not reach every network namespace).
@@ -36,6 +36,8 @@ pub struct LocalBackend {
     /// The READ buffers in flight for this device. The kernel is the only client, and its
     /// requests are at most `max_sectors_kb` each, so the daemon's default bound applies as is.
     budget: Budget,
+    /// Never set: an attachment ends by the device's teardown, not by a drain.
+    draining: Draining,
 }
 
 impl LocalBackend {
@@ -46,6 +48,7 @@ impl LocalBackend {
             stream,
             metrics,
             budget: Budget::new(DEFAULT_BUFFER_MEMORY),
+            draining: Draining::new(),
         }
     }
 
@@ -86,6 +89,7 @@ impl Backend for LocalBackend {
                         metrics: &self.metrics,
                         budget: &self.budget,
                         send_timeout: DEFAULT_SEND_TIMEOUT,
+                        draining: &self.draining,
                     },
                     &peer,
                 );

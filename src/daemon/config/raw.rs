@@ -15,6 +15,7 @@ pub(super) struct RawConfig {
     pub nbd: Option<RawNbd>,
     pub cache: Option<RawCache>,
     pub limits: Option<RawLimits>,
+    pub daemon: Option<RawDaemon>,
     #[serde(default)]
     pub snapshot: Vec<RawSnapshot>,
     #[serde(default)]
@@ -59,6 +60,13 @@ pub(super) struct RawLimits {
     pub buffer_memory: Option<Value>,
     pub max_connections_per_client: Option<usize>,
     pub send_timeout: Option<Value>,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDaemon {
+    pub shutdown_timeout: Option<Value>,
 }
 
 /// One `[[snapshot]]`.

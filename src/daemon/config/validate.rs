@@ -69,6 +69,10 @@ impl Place {
             Value::Int(n) => Duration::from_secs(*n),
             Value::Str(s) => parse_duration(s).map_err(|p| self.invalid(p))?,
         };
+        self.bounded(d)
+    }
+
+    fn bounded(&self, d: Duration) -> Result<Duration, ConfigError> {
         // Deadlines are computed as `Instant + timeout`; an absurd value would overflow there
         // on every connection rather than here once.
         if d > MAX_TIMEOUT {
@@ -224,6 +228,13 @@ pub(super) fn validate(
     // The front ends read the send timeout from their own settings.
     c.http.settings.send_timeout = c.limits.send_timeout;
     c.nbd.settings.send_timeout = c.limits.send_timeout;
+
+    let daemon = raw.daemon.unwrap_or_default();
+    if let Some(d) = ov.shutdown_timeout {
+        c.daemon.shutdown_timeout = Place::Flag("--shutdown-timeout").bounded(d)?;
+    } else if let Some(v) = &daemon.shutdown_timeout {
+        c.daemon.shutdown_timeout = src.key("daemon.shutdown_timeout").duration(v)?;
+    }
 
     c.snapshots = snapshots(&src, &raw.snapshot)?;
     c.snapshots.extend(archive_arguments(ov)?);
