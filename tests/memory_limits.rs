@@ -14,7 +14,9 @@ use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use memory_support::{Daemon, connect_from, http_get, http_get_on, mib, nbd_handshake};
+use memory_support::{
+    Daemon, connect_from, http_get, http_get_on, http_status, mib, nbd_handshake,
+};
 
 static TURN: Mutex<()> = Mutex::new(());
 
@@ -272,9 +274,10 @@ fn a_client_at_its_cap_is_refused_and_another_client_is_not() {
     );
     // A slot comes back when its connection closes.
     drop(held);
-    assert!(d.wait(
-        Duration::from_secs(10),
-        |_| http_get(d.http, "/disk", Some("0-9")).0 == 206
-    ));
+    assert!(d.wait(Duration::from_secs(10), |_| http_status(
+        d.http,
+        "/disk",
+        Some("0-9")
+    ) == Some(206)));
     drop((nbd_held, unix));
 }

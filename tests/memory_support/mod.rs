@@ -200,6 +200,22 @@ pub fn http_get(addr: SocketAddr, path: &str, range: Option<&str>) -> (u16, Vec<
     http_get_on(&mut s, path, range)
 }
 
+/// The status of `GET path` on a new connection, or `None` when the exchange fails (a refused
+/// connection can be reset before the request is even written).
+pub fn http_status(addr: SocketAddr, path: &str, range: Option<&str>) -> Option<u16> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let range = range.map_or(String::new(), |r| format!("Range: bytes={r}\r\n"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\n{range}Connection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).ok()?;
+    std::str::from_utf8(all.get(9..12)?).ok()?.parse().ok()
+}
+
 /// `GET path` on `s` (`Connection: close`); status and body.
 pub fn http_get_on(s: &mut TcpStream, path: &str, range: Option<&str>) -> (u16, Vec<u8>) {
     let range = range.map_or(String::new(), |r| format!("Range: bytes={r}\r\n"));
