@@ -198,10 +198,14 @@ impl CodecContext {
 
     /// Decodes the first `need` bytes of a block of `logical_len` bytes into `buf[..need]`,
     /// growing `buf` if it is shorter (it is a buffer reused across blocks, so it is zeroed
-    /// only when it grows). LZ4 stops writing at byte `need` and only checks the rest
-    /// ([`lz4_prefix`](super::lz4_prefix)); a whole block (`need == logical_len`) and Zstd
-    /// frames are decoded whole. Either way a block that does not decode to exactly
-    /// `logical_len` bytes is an error. `need` must not exceed `logical_len`.
+    /// only when it grows). LZ4 stops writing at byte `need` ([`lz4_prefix`](super::lz4_prefix));
+    /// a whole block (`need == logical_len`) and Zstd frames are decoded whole. `need` must not
+    /// exceed `logical_len`.
+    ///
+    /// `length_checked` says these stored bytes (same CRC) were already seen to decode to
+    /// exactly `logical_len` bytes. If not, the rest of an LZ4 block is walked to check that,
+    /// and a block of any other length is an error. Returns whether this call checked the
+    /// whole block's length (so the caller can remember it).
     pub fn decompress_prefix(
         &mut self,
         codec: Compression,
@@ -210,28 +214,33 @@ impl CodecContext {
         need: usize,
         buf: &mut Vec<u8>,
         dictionary: Option<&Dictionary>,
-    ) -> Result<(), CodecError> {
+        length_checked: bool,
+    ) -> Result<bool, CodecError> {
         let partial = codec == Compression::Lz4 && need < logical_len;
         let n = if partial { need } else { logical_len };
         if buf.len() < n {
             buf.resize(n, 0);
         }
         let out = &mut buf[..n];
-        if partial {
-            if stored.len() < 4 {
-                return Err(CodecError::Lz4TooShort(stored.len()));
-            }
-            let actual = super::lz4_prefix::decode_prefix(&stored[4..], out)?;
-            if actual != logical_len {
-                return Err(CodecError::SizeMismatch {
-                    expected: logical_len,
-                    actual,
-                });
-            }
-            Ok(())
-        } else {
-            self.decompress(codec, stored, out, dictionary)
+        if !partial {
+            self.decompress(codec, stored, out, dictionary)?;
+            return Ok(true);
         }
+        if stored.len() < 4 {
+            return Err(CodecError::Lz4TooShort(stored.len()));
+        }
+        if length_checked {
+            super::lz4_prefix::decode_head(&stored[4..], out)?;
+            return Ok(false);
+        }
+        let actual = super::lz4_prefix::decode_prefix(&stored[4..], out)?;
+        if actual != logical_len {
+            return Err(CodecError::SizeMismatch {
+                expected: logical_len,
+                actual,
+            });
+        }
+        Ok(true)
     }
 
     /// Compresses `data` and appends the stored form to `out` (LZ4 with its size prefix, or one
@@ -390,9 +399,23 @@ mod tests {
             let mut stored = Vec::new();
             ctx.compress(codec, &data, &mut stored).unwrap();
             for need in [1, 4096, 33_333, data.len()] {
-                ctx.decompress_prefix(codec, &stored, data.len(), need, &mut buf, None)
-                    .unwrap();
-                assert!(buf[..need] == data[..need], "{codec:?} {need}");
+                for checked in [false, true] {
+                    let whole = ctx
+                        .decompress_prefix(
+                            codec,
+                            &stored,
+                            data.len(),
+                            need,
+                            &mut buf,
+                            None,
+                            checked,
+                        )
+                        .unwrap();
+                    assert!(buf[..need] == data[..need], "{codec:?} {need}");
+                    // Only a partial LZ4 decode of a checked block leaves the length unchecked.
+                    let skipped = checked && codec == Compression::Lz4 && need < data.len();
+                    assert_eq!(whole, !skipped, "{codec:?} {need} {checked}");
+                }
             }
             // A whole block is still checked against its length.
             assert!(
@@ -402,7 +425,8 @@ mod tests {
                     data.len() + 1,
                     data.len() + 1,
                     &mut buf,
-                    None
+                    None,
+                    false
                 )
                 .is_err()
             );
@@ -415,7 +439,8 @@ mod tests {
                         data.len(),
                         data.len() - 1,
                         &mut buf,
-                        None
+                        None,
+                        false
                     )
                     .is_err(),
                     "{codec:?} cut at {cut}"

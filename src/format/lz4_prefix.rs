@@ -13,7 +13,9 @@
 //! and once the prefix is decoded the rest of the block is walked without being written,
 //! checking every sequence as a full decode would and adding up the decoded length, which
 //! must equal `logical_len`. The walk costs a read of each sequence header but no copying,
-//! which is where LZ4 decoding spends its time on long matches and literal runs.
+//! which is where LZ4 decoding spends its time on long matches and literal runs; on blocks of
+//! many short sequences it costs about as much as decoding. [`decode_head`] skips it, for a
+//! block whose length the store has already checked once (its CRC still checked on every read).
 
 /// Why a prefix could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -27,6 +29,9 @@ pub enum PrefixError {
     /// The input ends inside a sequence or right after a match.
     #[error("LZ4 data ends inside a sequence")]
     Truncated,
+    /// The block ends after this many bytes, before the part a read needs.
+    #[error("LZ4 block ends after {0} bytes, before the part the read needs")]
+    ShortBlock(usize),
 }
 
 /// Decodes the LZ4 block `input` (without its 4-byte size prefix) until `out` is full, then
@@ -37,11 +42,42 @@ pub enum PrefixError {
 /// only its first bytes. `out` holds the block's first `out.len()` bytes when the returned
 /// length is at least that.
 pub fn decode_prefix(input: &[u8], out: &mut [u8]) -> Result<usize, PrefixError> {
+    match fill(input, out)? {
+        Filled::Full { ip, op } => walk(input, ip, op),
+        Filled::Ended(n) => Ok(n),
+    }
+}
+
+/// Decodes the LZ4 block `input` until `out` is full and stops there, without looking at the
+/// rest of the block: for a block whose stored bytes are known (by their CRC) to be bytes
+/// that were already checked to decode to exactly `logical_len` (see the store's per-page
+/// "length checked" bits). Everything it does decode is checked as in [`decode_prefix`]; a
+/// block that ends before `out` is full is an error.
+pub fn decode_head(input: &[u8], out: &mut [u8]) -> Result<(), PrefixError> {
+    match fill(input, out)? {
+        Filled::Full { .. } => Ok(()),
+        Filled::Ended(n) if n >= out.len() => Ok(()),
+        Filled::Ended(n) => Err(PrefixError::ShortBlock(n)),
+    }
+}
+
+/// Where [`fill`] stopped.
+enum Filled {
+    /// `out` is full; the next sequence's token is at `ip`, and output position `op` (at
+    /// least `out.len()`) is where the last match ended.
+    Full { ip: usize, op: usize },
+    /// The block ended (its last literals consumed the input) at this decoded length.
+    Ended(usize),
+}
+
+/// The decoding loop of [`decode_prefix`] and [`decode_head`]: decodes until `out` is full or
+/// the block ends.
+fn fill(input: &[u8], out: &mut [u8]) -> Result<Filled, PrefixError> {
     let (mut ip, mut op) = (0usize, 0usize);
     let want = out.len();
     loop {
         if op >= want {
-            return walk(input, ip, op);
+            return Ok(Filled::Full { ip, op });
         }
         let token = *input.get(ip).ok_or(PrefixError::Truncated)?;
         ip += 1;
@@ -65,7 +101,7 @@ pub fn decode_prefix(input: &[u8], out: &mut [u8]) -> Result<usize, PrefixError>
         op += lit;
         // The last sequence has literals only: the block ends here.
         if ip == input.len() {
-            return Ok(op);
+            return Ok(Filled::Ended(op));
         }
 
         let (offset, len) = read_match(input, &mut ip, token, op)?;
@@ -205,6 +241,30 @@ mod tests {
                 assert!(out == data[..want], "prefix of {want} differs");
             }
         }
+    }
+
+    #[test]
+    fn decode_head_matches_the_checked_prefix_and_refuses_a_short_block() {
+        for data in data_sets() {
+            let packed = lz4_flex::block::compress(&data);
+            for want in [0, 1, 17, 4096, data.len() / 2, data.len()] {
+                let want = want.min(data.len());
+                let mut out = vec![0xAA; want];
+                decode_head(&packed, &mut out).unwrap_or_else(|e| panic!("{want}: {e}"));
+                assert!(out == data[..want], "head of {want} differs");
+            }
+            let mut longer = vec![0; data.len() + 1];
+            assert_eq!(
+                decode_head(&packed, &mut longer),
+                Err(PrefixError::ShortBlock(data.len()))
+            );
+        }
+        // What it decodes is checked like a full decode: an offset before the block start.
+        let bad = [0x40, b'a', b'b', b'c', b'd', 5, 0, 0x10, b'e'];
+        assert!(matches!(
+            decode_head(&bad, &mut [0u8; 9]),
+            Err(PrefixError::BadOffset { .. })
+        ));
     }
 
     #[test]

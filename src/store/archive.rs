@@ -5,6 +5,7 @@ use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use super::chain::HashIndex;
@@ -20,8 +21,8 @@ use crate::format::{
 pub const MAX_PAGE_BYTES: u32 = 64 * 1024 * 1024;
 /// Bound on a Zstd dictionary.
 const MAX_DICTIONARY_BYTES: u32 = 64 * 1024 * 1024;
-/// Approximate memory of one parsed block entry (entry plus its start offset).
-const PAGE_ENTRY_MEMORY: usize = std::mem::size_of::<BlockInfo>() + 8;
+/// Approximate memory of one parsed block entry (entry, its start offset, its checked bit).
+const PAGE_ENTRY_MEMORY: usize = std::mem::size_of::<BlockInfo>() + 9;
 
 /// Identity of an opened archive in the engine's registry: the file (device, inode, size,
 /// mtime seconds and nanoseconds, kept apart so no date can overflow) and a fingerprint of the
@@ -41,6 +42,36 @@ pub struct Page {
     pub start_logical: u64,
     /// Stream offset where the page's last block ends.
     pub end_logical: u64,
+    /// One bit per entry: the entry's stored bytes were seen to decode to exactly its
+    /// `logical_len`. Lets a later partial LZ4 decode of the same block stop at the last byte
+    /// a read needs instead of walking the rest of the block ([`Page::length_checked`]).
+    checked: Box<[AtomicU64]>,
+}
+
+impl Page {
+    /// Whether entry `i`'s stored bytes were already seen to decode to exactly its
+    /// `logical_len`.
+    ///
+    /// Why this is safe to trust: the bit belongs to this parsed page, so it describes the
+    /// entry exactly as parsed here (offset, lengths, CRC); a page parsed again from the file
+    /// (after eviction, or from a file rewritten in place) starts with no bits. Every read
+    /// still checks the stored bytes against the entry's CRC (and, encrypted, its tag) before
+    /// decoding, so bytes that changed since the check are an error as before; only the walk
+    /// of a block's tail, which would find the same length again, is skipped. A block whose
+    /// check failed never gets its bit: a corrupt block is an error on every read.
+    pub(crate) fn length_checked(&self, i: usize) -> bool {
+        self.checked
+            .get(i / 64)
+            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (i % 64)) != 0)
+    }
+
+    /// Records that entry `i` decoded to exactly its `logical_len` (see
+    /// [`length_checked`](Self::length_checked)).
+    pub(crate) fn mark_length_checked(&self, i: usize) {
+        if let Some(w) = self.checked.get(i / 64) {
+            w.fetch_or(1 << (i % 64), Ordering::Relaxed);
+        }
+    }
 }
 
 /// An open archive file. Shared (`Arc`) by every snapshot and chain that uses it.
@@ -431,6 +462,9 @@ impl Archive {
             }
         }
         let page = Arc::new(Page {
+            checked: (0..blocks.len().div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             starts,
             start_block: entry.start_block,
             start_logical: entry.start_logical,

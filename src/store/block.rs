@@ -44,13 +44,18 @@ pub(crate) fn decode_into(
 /// Decodes the first `need` bytes of the data block `info` into `scratch.block[..need]`: LZ4
 /// stops there, so a read of a few KiB that the cache will not keep decodes half a block on
 /// average instead of all of it. The stored bytes stay in `scratch` for [`decode_loaded`].
+///
+/// `length_checked` says the block was already seen to decode to exactly `logical_len`, so
+/// the rest of an LZ4 block need not be walked again (its CRC is checked here all the same).
+/// Returns whether this call checked the whole block's length.
 pub(crate) fn decode_prefix(
     archive: &Archive,
     info: &BlockInfo,
     index: u64,
     scratch: &mut Scratch,
     need: usize,
-) -> Result<(), BlockFault> {
+    length_checked: bool,
+) -> Result<bool, BlockFault> {
     scratch.plain_len = load(archive, info, index, scratch)?;
     let Scratch {
         codec,
@@ -65,6 +70,7 @@ pub(crate) fn decode_prefix(
         need,
         block,
         archive.dictionary.as_ref(),
+        length_checked,
     )?)
 }
 
@@ -112,8 +118,13 @@ fn load(
         Some(end) if end <= archive.file_len() => {}
         _ => return Err(past_eof),
     }
-    let stored = &mut scratch.stored;
-    stored.resize(info.length as usize, 0);
+    // The buffer only grows: resizing it down and up again per block would zero the
+    // difference on every miss.
+    let len = info.length as usize;
+    if scratch.stored.len() < len {
+        scratch.stored.resize(len, 0);
+    }
+    let stored = &mut scratch.stored[..len];
     archive
         .read_stored(info.offset, stored)
         .map_err(|e| BlockFault::Io(std::sync::Arc::new(e)))?;

@@ -1,5 +1,5 @@
-//! The miss path of `Snapshot::read_at`. A read that misses one block decodes it on its own
-//! thread (no job, no wake-up, no channel). The blocks of a read that misses several are
+//! The miss path of `Snapshot::read_at`. A read that misses one block, or a small read that
+//! misses a few, decodes them on its own thread (no job, no wake-up, no channel). The blocks of a read that misses several are
 //! shared between pool jobs and the reading thread: whoever takes a block claims it (or joins
 //! the load already in flight) and decodes it. The reader, when it holds a helper slot,
 //! decodes blocks straight into the caller's buffer; the workers' blocks are copied in as
@@ -24,6 +24,10 @@ use super::pool::Scratch;
 use super::snapshot::{Copy, Target};
 use super::{Snapshot, StoreError, Stream};
 use crate::format::BlockInfo;
+
+/// Reads of at most this many bytes decode all their missing blocks on the reading thread,
+/// one after another (a 4 KiB HTTP range or NBD READ that straddles two blocks).
+const SMALL_READ: usize = 64 << 10;
 
 /// The missing blocks of one read, shared by the reading thread and the pool jobs that help
 /// it. Whoever takes the next index from `next` looks the block up and, if nobody else is
@@ -113,6 +117,14 @@ impl Snapshot {
             if let Some(m) = misses.pop() {
                 return self.fill_single(stream, buf, &m);
             }
+        }
+        if buf.len() <= SMALL_READ {
+            // A small read that straddles blocks: decoding the few parts it needs here costs
+            // less than waking a worker, which would also decode its block whole.
+            for m in &misses {
+                self.fill_single(stream, buf, m)?;
+            }
+            return Ok(());
         }
         let total = misses.len();
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -289,6 +301,7 @@ impl Snapshot {
             match decode_into(&t.archive, &t.info, t.index, scratch, dst) {
                 Ok(()) => {
                     StoreMetrics::add(&metrics.decompressions, 1);
+                    t.mark_length_checked();
                     claim.finish_with(logical, || Ok(Arc::new(dst.to_vec())));
                     Ok(())
                 }
@@ -298,6 +311,7 @@ impl Snapshot {
             match decode(&t.archive, &t.info, t.index, scratch) {
                 Ok(block) => {
                     StoreMetrics::add(&metrics.decompressions, 1);
+                    t.mark_length_checked();
                     let block = Arc::new(block);
                     let copied = self.copy_out(claim.stream, t, &block, skip, dst);
                     claim.finish(Ok(block));
@@ -306,12 +320,18 @@ impl Snapshot {
                 Err(fault) => Err(claim.fail(fault)),
             }
         } else {
-            // Nobody keeps the block: decode only what this read needs. Should another reader
-            // have started waiting meanwhile, it gets the whole block decoded from the stored
+            // Nobody keeps the block: decode only what this read needs (without walking the
+            // rest once the block's length has been checked). Should another reader have
+            // started waiting meanwhile, it gets the whole block decoded from the stored
             // bytes still in `scratch`.
-            match decode_prefix(&t.archive, &t.info, t.index, scratch, skip + dst.len()) {
-                Ok(()) => {
+            let need = skip + dst.len();
+            let checked = t.length_checked();
+            match decode_prefix(&t.archive, &t.info, t.index, scratch, need, checked) {
+                Ok(whole) => {
                     StoreMetrics::add(&metrics.decompressions, 1);
+                    if whole {
+                        t.mark_length_checked();
+                    }
                     dst.copy_from_slice(&scratch.block[skip..skip + dst.len()]);
                     claim.finish_with(logical, || {
                         decode_loaded(&t.archive, &t.info, scratch).map(Arc::new)
@@ -387,6 +407,8 @@ impl Drop for HelperScratch<'_> {
 /// its `Drop` reports an internal error to the waiting readers.
 struct Claim {
     archive: Arc<Archive>,
+    /// The page entry whose "length checked" bit a successful decode sets.
+    entry: Option<(Arc<super::archive::Page>, usize)>,
     info: BlockInfo,
     index: u64,
     key: BlockKey,
@@ -407,6 +429,7 @@ impl Claim {
     ) -> Claim {
         Claim {
             archive: Arc::clone(&t.archive),
+            entry: t.entry.clone(),
             info: t.info,
             index: t.index,
             key: t.key(),
@@ -425,6 +448,9 @@ impl Claim {
         match result {
             Ok(v) => {
                 StoreMetrics::add(&self.metrics.decompressions, 1);
+                if let Some((page, i)) = &self.entry {
+                    page.mark_length_checked(*i);
+                }
                 self.finish(Ok(Arc::new(v)));
             }
             Err(fault) => {

@@ -79,9 +79,27 @@ pub(super) struct Target {
     pub(super) index: u64,
     /// Stream offset of the block in the snapshot being read, for error messages.
     pub(super) offset: u64,
+    /// The parsed page and entry the block came from, whose "length checked" bit a decode
+    /// reads and sets (`None` for a block resolved through a parent's hash index: such blocks
+    /// are always checked whole).
+    pub(super) entry: Option<(Arc<Page>, usize)>,
 }
 
 impl Target {
+    /// Whether this block's stored bytes were already seen to decode to its `logical_len`.
+    pub(super) fn length_checked(&self) -> bool {
+        self.entry
+            .as_ref()
+            .is_some_and(|(page, i)| page.length_checked(*i))
+    }
+
+    /// Records that this block decoded to exactly its `logical_len`.
+    pub(super) fn mark_length_checked(&self) {
+        if let Some((page, i)) = &self.entry {
+            page.mark_length_checked(*i);
+        }
+    }
+
     pub(super) fn key(&self) -> BlockKey {
         let nonce = if self.archive.cipher.is_some() {
             self.index
@@ -255,7 +273,12 @@ impl Snapshot {
     }
 
     /// Resolves entry `i` of `page` to the block that holds its bytes; `None` for zeros.
-    fn target(&self, stream: Stream, page: &Page, i: usize) -> Result<Option<Target>, StoreError> {
+    fn target(
+        &self,
+        stream: Stream,
+        page: &Arc<Page>,
+        i: usize,
+    ) -> Result<Option<Target>, StoreError> {
         let info = page.blocks[i];
         let index = page.start_block + i as u64;
         let offset = page.starts[i];
@@ -273,6 +296,7 @@ impl Snapshot {
                 info,
                 index,
                 offset,
+                entry: Some((Arc::clone(page), i)),
             })),
             // Bound the size before resolving: an unresolved reference is compared with the
             // hash of `logical_len` zero bytes, which a hostile 4 GiB length makes expensive.
@@ -289,6 +313,7 @@ impl Snapshot {
                     info: r.info,
                     index: r.index,
                     offset,
+                    entry: None,
                 })),
                 Some(r) => Err(self.block_error(
                     &self.archive,
