@@ -29,6 +29,8 @@ fn main() -> ExitCode {
         Command::Attach(a) => return ExitCode::from(commands::attach::attach(a)),
         Command::Detach(a) => return ExitCode::from(commands::attach::detach(a)),
     };
+    // Lines other threads logged last may still be on their way out (logging.rs).
+    log::logger().flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // `verify` has already listed the bad blocks on stdout.
