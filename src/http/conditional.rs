@@ -3,8 +3,6 @@
 //! If-Unmodified-Since, If-None-Match, If-Modified-Since and If-Range in RFC order. Pure
 //! functions over header bytes and [`Validators`].
 
-use std::fmt::Write as _;
-
 use super::date;
 use super::request::trim_ows;
 
@@ -42,10 +40,12 @@ impl Validators {
 /// covers the file's identity and its index, so any replacement of the file changes it), and
 /// the stream's route name, so `/disk` and `/memory` never share a tag.
 pub fn etag(identity: &[u8; 32], stream_name: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(48);
     s.push('"');
     for b in &identity[..16] {
-        let _ = write!(s, "{b:02x}");
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
     }
     s.push('-');
     s.push_str(stream_name);

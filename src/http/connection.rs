@@ -82,6 +82,8 @@ pub(super) struct Connection<'a> {
     tick: Duration,
     /// When the connection was accepted, until its first request arrives.
     accepted: Option<Instant>,
+    /// The last `Date` value and its second: a keep-alive client sends many requests a second.
+    date: (i64, Arc<str>),
 }
 
 impl<'a> Connection<'a> {
@@ -103,7 +105,16 @@ impl<'a> Connection<'a> {
             body: Buffer::new(),
             tick,
             accepted: Some(Instant::now()),
+            date: (i64::MIN, Arc::from("")),
         }
+    }
+
+    /// The IMF-fixdate of `now`, formatted once per second.
+    fn date(&mut self, now: i64) -> Arc<str> {
+        if self.date.0 != now {
+            self.date = (now, Arc::from(date::format(now)));
+        }
+        Arc::clone(&self.date.1)
     }
 
     /// Serves requests until the connection closes.
@@ -360,10 +371,11 @@ impl<'a> Connection<'a> {
             return self.refuse(status, &req.target, started);
         }
         let now = date::unix_seconds(SystemTime::now());
+        let date = self.date(now);
         let response = if req.expect == Expect::Other {
-            Response::empty(417, &date::format(now))
+            Response::empty(417, &date)
         } else {
-            handler::respond(self.svc, &self.catalog, req, now)
+            handler::respond(self.svc, &self.catalog, req, now, &date)
         };
         let keep_alive = req.wants_keep_alive();
         let conn_header = match (keep_alive, req.minor_version) {
@@ -555,16 +567,17 @@ impl<'a> Connection<'a> {
         if !log::log_enabled!(log::Level::Info) {
             return;
         }
-        let range = range.map_or_else(
-            || "-".to_string(),
-            |r| printable(&String::from_utf8_lossy(r)),
-        );
+        let range = range.map(String::from_utf8_lossy);
+        let range = range.as_deref().unwrap_or("-");
+        let micros = started.elapsed().as_micros();
         log::info!(
-            "{} \"{} {}\" range={range} {status} {bytes} {:.3}ms",
+            "{} \"{} {}\" range={} {status} {bytes} {}.{:03}ms",
             self.peer,
-            printable(method),
-            printable(target),
-            started.elapsed().as_secs_f64() * 1000.0
+            Printable(method),
+            Printable(target),
+            Printable(range),
+            micros / 1000,
+            micros % 1000
         );
     }
 
@@ -595,12 +608,20 @@ impl<'a> Connection<'a> {
     }
 }
 
-/// `s` with control characters escaped, for a log line a client cannot forge.
-fn printable(s: &str) -> String {
-    if s.chars().all(|c| !c.is_control()) {
-        return s.to_string();
+/// A string shown with its control characters escaped, for a log line a client cannot forge
+/// (written straight into the line, without a copy when there is nothing to escape).
+struct Printable<'a>(&'a str);
+
+impl std::fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.0.chars().any(char::is_control) {
+            return f.write_str(self.0);
+        }
+        for c in self.0.chars().flat_map(char::escape_default) {
+            std::fmt::Write::write_char(f, c)?;
+        }
+        Ok(())
     }
-    s.chars().flat_map(char::escape_default).collect()
 }
 
 #[cfg(test)]
@@ -609,7 +630,7 @@ mod tests {
 
     #[test]
     fn log_fields_are_escaped() {
-        assert_eq!(printable("/disk"), "/disk");
-        assert_eq!(printable("a\nb"), "a\\nb");
+        assert_eq!(Printable("/disk").to_string(), "/disk");
+        assert_eq!(Printable("a\nb").to_string(), "a\\nb");
     }
 }

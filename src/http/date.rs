@@ -62,15 +62,52 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     )
 }
 
-/// Formats `secs` as an IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+/// Formats `secs` as an IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`. Every response
+/// carries one (`Date`, and `Last-Modified` for streams), so years 0–9999 are written digit by
+/// digit rather than through `format!`.
 pub fn format(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
     let weekday = DAYS[usize::try_from(days.rem_euclid(7)).unwrap_or(0)];
+    let month = MONTHS[(m - 1) as usize];
+    let Ok(year) = u32::try_from(y) else {
+        return slow_format(weekday, d, month, y, rem);
+    };
+    if year > 9999 {
+        return slow_format(weekday, d, month, y, rem);
+    }
+    let mut out = String::with_capacity(29);
+    out.push_str(weekday);
+    out.push_str(", ");
+    push_two(&mut out, d);
+    out.push(' ');
+    out.push_str(month);
+    out.push(' ');
+    push_two(&mut out, year / 100);
+    push_two(&mut out, year % 100);
+    out.push(' ');
+    // 0..86_400 fits a u32.
+    let rem = u32::try_from(rem).unwrap_or(0);
+    push_two(&mut out, rem / 3600);
+    out.push(':');
+    push_two(&mut out, rem / 60 % 60);
+    out.push(':');
+    push_two(&mut out, rem % 60);
+    out.push_str(" GMT");
+    out
+}
+
+/// Appends `v` (below 100) as two digits.
+fn push_two(out: &mut String, v: u32) {
+    out.push(char::from(b'0' + (v / 10 % 10) as u8));
+    out.push(char::from(b'0' + (v % 10) as u8));
+}
+
+/// [`format`] for years outside 0–9999.
+fn slow_format(weekday: &str, d: u32, month: &str, y: i64, rem: i64) -> String {
     format!(
-        "{weekday}, {d:02} {} {y:04} {:02}:{:02}:{:02} GMT",
-        MONTHS[(m - 1) as usize],
+        "{weekday}, {d:02} {month} {y:04} {:02}:{:02}:{:02} GMT",
         rem / 3600,
         rem / 60 % 60,
         rem % 60
@@ -193,6 +230,33 @@ mod tests {
         assert_eq!(format(0), "Thu, 01 Jan 1970 00:00:00 GMT");
         assert_eq!(format(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
         assert_eq!(format(-1), "Wed, 31 Dec 1969 23:59:59 GMT");
+        // The digit-by-digit years and the others write what `format!` writes.
+        let by_format = |secs: i64| {
+            let days = secs.div_euclid(86_400);
+            let (y, m, d) = civil_from_days(days);
+            let weekday = DAYS[usize::try_from(days.rem_euclid(7)).unwrap()];
+            slow_format(
+                weekday,
+                d,
+                MONTHS[(m - 1) as usize],
+                y,
+                secs.rem_euclid(86_400),
+            )
+        };
+        for secs in [
+            0,
+            -1,
+            RFC_EXAMPLE,
+            1_764_374_400 + 86_399,
+            253_402_300_799,
+            253_402_300_800,
+            -62_167_219_200,
+            -62_167_219_201,
+            -62_198_755_200,
+        ] {
+            assert_eq!(format(secs), by_format(secs), "{secs}");
+        }
+        assert_eq!(format(253_402_300_799), "Fri, 31 Dec 9999 23:59:59 GMT");
     }
 
     #[test]

@@ -52,9 +52,15 @@ impl Response {
     }
 }
 
-/// Decides the answer to `req` at time `now` (seconds since the epoch).
-pub(super) fn respond(svc: &HttpService, catalog: &Catalog, req: &Request, now: i64) -> Response {
-    let date = date::format(now);
+/// Decides the answer to `req` at time `now` (seconds since the epoch), whose IMF-fixdate
+/// is `date` (the connection formats it once per second).
+pub(super) fn respond(
+    svc: &HttpService,
+    catalog: &Catalog,
+    req: &Request,
+    now: i64,
+    date: &str,
+) -> Response {
     let route = route::route(&req.target);
     if route != Route::Health {
         if let Some(token) = &svc.token {
@@ -63,17 +69,17 @@ pub(super) fn respond(svc: &HttpService, catalog: &Catalog, req: &Request, now: 
                 _ => None,
             };
             if !token.allows(authorization) {
-                let mut r = Response::empty(401, &date);
+                let mut r = Response::empty(401, date);
                 r.head = r.head.header("WWW-Authenticate", "Bearer realm=\"hexzd\"");
                 return r;
             }
         }
     }
     if route == Route::NotFound {
-        return Response::empty(404, &date);
+        return Response::empty(404, date);
     }
     if req.method == Method::Other {
-        let mut r = Response::empty(405, &date);
+        let mut r = Response::empty(405, date);
         r.head = r.head.header("Allow", route::ALLOW);
         return r;
     }
@@ -81,8 +87,8 @@ pub(super) fn respond(svc: &HttpService, catalog: &Catalog, req: &Request, now: 
     match route {
         Route::Stream { snapshot, stream } => {
             match crate::serving::names::lookup(catalog, snapshot.as_deref()) {
-                Some(e) => serve_stream(svc, &e.snapshot, stream, req, now, &date),
-                None => Response::empty(404, &date),
+                Some(e) => serve_stream(svc, &e.snapshot, stream, req, now, date),
+                None => Response::empty(404, date),
             }
         }
         Route::List => small(
@@ -90,23 +96,23 @@ pub(super) fn respond(svc: &HttpService, catalog: &Catalog, req: &Request, now: 
             "application/json",
             admin::snapshots_json(catalog),
             head_only,
-            &date,
+            date,
         ),
         Route::Metrics => small(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
             admin::metrics_text(svc, catalog),
             head_only,
-            &date,
+            date,
         ),
         Route::Health => small(
             200,
             "text/plain; charset=utf-8",
             b"ok\n".to_vec(),
             head_only,
-            &date,
+            date,
         ),
-        Route::NotFound => Response::empty(404, &date),
+        Route::NotFound => Response::empty(404, date),
     }
 }
 
