@@ -6,8 +6,8 @@
 //! only fail for reasons of the archive (I/O, corruption), which become EIO and a warning.
 //!
 //! Memory: each handler's READ buffer is a [`Buffer`] of the response budget, kept between
-//! requests up to [`RETAINED_BUFFER`] and given back entirely after [`HANDLER_IDLE`] without
-//! work; handlers beyond [`KEEP_HANDLERS`] then exit. A READ whose reply stalls gives its
+//! requests up to [`RETAINED_BUFFER`] (a larger one for [`LARGE_BUFFER_GRACE`], unless others
+//! wait for budget) and given back entirely after [`HANDLER_IDLE`] without work; handlers beyond [`KEEP_HANDLERS`] then exit. A READ whose reply stalls gives its
 //! buffer back and reads the data again when the client reads again (`reply.rs`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,6 +27,10 @@ pub const BYTES_IN_FLIGHT: u64 = 64 * 1024 * 1024;
 /// A handler's read buffer is kept between requests up to this size (the kernel's largest usual
 /// request is 1.25 MiB; nbdcopy's 256 KiB); larger ones are freed after use.
 pub const RETAINED_BUFFER: usize = 2 * 1024 * 1024;
+/// How long a handler keeps a buffer larger than [`RETAINED_BUFFER`] for the next READ (while
+/// no other thread waits for buffer memory). A fresh 32 MiB mapping costs 8,192 page faults
+/// and as many zeroed pages; between READs of a stream of them the gap is well below this.
+pub const LARGE_BUFFER_GRACE: Duration = Duration::from_millis(250);
 /// A handler with no request for this long gives its buffer back, and exits unless it is one
 /// of the first [`KEEP_HANDLERS`].
 pub const HANDLER_IDLE: Duration = Duration::from_secs(2);
@@ -141,9 +145,23 @@ impl<'a, W: Sink> Conn<'a, W> {
     pub(super) fn handler(&self, rx: &crossbeam_channel::Receiver<Job>) {
         let mut buf = Buffer::new();
         loop {
-            match rx.recv_timeout(HANDLER_IDLE) {
+            // A buffer larger than RETAINED_BUFFER is kept only for a short while, and only
+            // while nobody waits for budget: a client streaming large READs (nbdcopy
+            // --request-size 32M) reuses it instead of faulting in a fresh mapping per READ.
+            let large = buf.len() > RETAINED_BUFFER;
+            let wait = if large {
+                LARGE_BUFFER_GRACE
+            } else {
+                HANDLER_IDLE
+            };
+            match rx.recv_timeout(wait) {
                 Ok(job) => {
                     self.run(job, &mut buf);
+                    if self.memory.has_waiters() {
+                        buf.shrink(RETAINED_BUFFER);
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) if large => {
                     buf.shrink(RETAINED_BUFFER);
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {

@@ -96,6 +96,11 @@ impl Budget {
         self.total
     }
 
+    /// Whether threads are queued for bytes now (a holder of idle memory should give it back).
+    pub fn has_waiters(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) != 0
+    }
+
     /// Bytes granted now.
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::SeqCst)
