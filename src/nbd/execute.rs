@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use super::handshake::Session;
 use super::proto::*;
+use super::queue::{Popped, Queue};
 use super::reply::{Claim, ReadSent, ReplyWriter, Sink};
 use super::transmission::{Command, Refusal};
 use crate::serving::{Budget, Buffer, Draining, ProtoMetrics};
@@ -47,26 +48,45 @@ const MAX_STATUS_EXTENTS: usize = 65536;
 /// Bytes of READ payload in flight on a connection, with a cap the reader waits on.
 #[derive(Debug)]
 pub(super) struct InFlight {
-    used: Mutex<u64>,
+    used: Mutex<Used>,
     freed: Condvar,
 }
 
+#[derive(Debug, Default)]
+struct Used {
+    bytes: u64,
+    /// The reader waits on `freed` (signalled only then: every reply releases bytes).
+    waiting: bool,
+}
+
 impl InFlight {
+    pub(super) fn new() -> InFlight {
+        InFlight {
+            used: Mutex::new(Used::default()),
+            freed: Condvar::new(),
+        }
+    }
+
     pub(super) fn acquire(&self, n: u64) {
         let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
-        while *used > 0 && *used + n > BYTES_IN_FLIGHT {
+        while used.bytes > 0 && used.bytes + n > BYTES_IN_FLIGHT {
+            used.waiting = true;
             used = self
                 .freed
                 .wait(used)
                 .unwrap_or_else(PoisonError::into_inner);
         }
-        *used += n;
+        used.waiting = false;
+        used.bytes += n;
     }
 
     fn release(&self, n: u64) {
         let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
-        *used = used.saturating_sub(n);
-        self.freed.notify_all();
+        used.bytes = used.bytes.saturating_sub(n);
+        if used.waiting {
+            drop(used);
+            self.freed.notify_all();
+        }
     }
 }
 
@@ -131,10 +151,7 @@ impl<'a, W: Sink> Conn<'a, W> {
             memory: shared.budget,
             send_timeout: shared.send_timeout,
             out: ReplyWriter::new(writer, shared.send_timeout),
-            dispatched: InFlight {
-                used: Mutex::new(0),
-                freed: Condvar::new(),
-            },
+            dispatched: InFlight::new(),
             in_flight: AtomicUsize::new(0),
             handlers: AtomicUsize::new(0),
         }
@@ -142,7 +159,7 @@ impl<'a, W: Sink> Conn<'a, W> {
 
     /// A handler thread: runs jobs until the queue closes, or until it has been idle for
     /// [`HANDLER_IDLE`] and more than [`KEEP_HANDLERS`] handlers are running.
-    pub(super) fn handler(&self, rx: &crossbeam_channel::Receiver<Job>) {
+    pub(super) fn handler(&self, jobs: &Queue<Job>) {
         let mut buf = Buffer::new();
         loop {
             // A buffer larger than RETAINED_BUFFER is kept only for a short while, and only
@@ -154,17 +171,17 @@ impl<'a, W: Sink> Conn<'a, W> {
             } else {
                 HANDLER_IDLE
             };
-            match rx.recv_timeout(wait) {
-                Ok(job) => {
+            match jobs.pop(wait) {
+                Popped::Job(job) => {
                     self.run(job, &mut buf);
                     if self.memory.has_waiters() {
                         buf.shrink(RETAINED_BUFFER);
                     }
                 }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) if large => {
+                Popped::Timeout if large => {
                     buf.shrink(RETAINED_BUFFER);
                 }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                Popped::Timeout => {
                     buf.release();
                     let leave = self
                         .handlers
@@ -176,7 +193,7 @@ impl<'a, W: Sink> Conn<'a, W> {
                         return;
                     }
                 }
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                Popped::Closed => return,
             }
         }
     }

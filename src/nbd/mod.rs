@@ -14,6 +14,7 @@ pub mod client;
 mod execute;
 pub mod handshake;
 pub mod proto;
+mod queue;
 pub mod reply;
 pub mod transmission;
 

@@ -64,6 +64,9 @@ struct SinkState<W> {
 struct Gate {
     busy: bool,
     stalled: bool,
+    /// Threads waiting on `changed`: it is signalled only when one waits (a signal is a
+    /// syscall, and every reply releases the gate).
+    waiters: usize,
 }
 
 /// How a READ reply went.
@@ -147,8 +150,7 @@ impl<W: Sink> Drop for Claim<'_, W> {
         let mut g = self.out.gate();
         g.busy = false;
         g.stalled = false;
-        drop(g);
-        self.out.changed.notify_all();
+        self.out.wake(g);
     }
 }
 
@@ -219,11 +221,30 @@ impl<W: Sink> ReplyWriter<W> {
         lock(&self.gate)
     }
 
+    /// Waits on `changed` with the gate `g` locked (counted as a waiter meanwhile).
+    fn wait_changed<'a>(&'a self, mut g: MutexGuard<'a, Gate>) -> MutexGuard<'a, Gate> {
+        g.waiters += 1;
+        let mut g = self.changed.wait(g).unwrap_or_else(PoisonError::into_inner);
+        g.waiters -= 1;
+        g
+    }
+
+    /// Unlocks the gate `g` and signals `changed` if anyone waits on it. A thread about to
+    /// wait holds the gate lock from its check to its wait, so it is counted or sees the
+    /// change.
+    fn wake(&self, g: MutexGuard<'_, Gate>) {
+        let any = g.waiters > 0;
+        drop(g);
+        if any {
+            self.changed.notify_all();
+        }
+    }
+
     /// Waits until no reply is stalled (or the connection broke).
     pub fn wait_unstalled(&self) {
         let mut g = self.gate();
         while g.stalled && !self.is_broken() {
-            g = self.changed.wait(g).unwrap_or_else(PoisonError::into_inner);
+            g = self.wait_changed(g);
         }
     }
 
@@ -231,8 +252,7 @@ impl<W: Sink> ReplyWriter<W> {
         let mut g = self.gate();
         if g.stalled != stalled {
             g.stalled = stalled;
-            drop(g);
-            self.changed.notify_all();
+            self.wake(g);
         }
     }
 
@@ -252,7 +272,7 @@ impl<W: Sink> ReplyWriter<W> {
                     sink: Some(lock(&self.sink)),
                 });
             }
-            g = self.changed.wait(g).unwrap_or_else(PoisonError::into_inner);
+            g = self.wait_changed(g);
         }
     }
 
@@ -412,8 +432,7 @@ impl<W: Sink> ReplyWriter<W> {
             }
             w.abort();
             // Under the gate lock, so a thread about to wait on `changed` sees `broken` first.
-            drop(self.gate());
-            self.changed.notify_all();
+            self.wake(self.gate());
         }
     }
 }
