@@ -76,8 +76,8 @@ pub struct ServeArgs {
     /// Largest ranged HTTP response in bytes; 0 serves every range exactly (default 32 MiB).
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub max_range_bytes: Option<u64>,
-    /// Block cache size, e.g. 256MiB; 0 disables the cache. [default: 256MiB, or [cache]
-    /// memory in the config file]
+    /// Block cache size, e.g. 256MiB; 0 disables the cache. [default: 1/16 of memory,
+    /// 64MiB-1GiB, or [cache] memory in the config file]
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub cache: Option<u64>,
     /// Decompression worker threads; 0 = one per CPU. [default: 0, or [cache] workers in the

@@ -124,7 +124,7 @@ fn serve_help_shows_the_defaults_of_cache_workers_and_shutdown_timeout() {
     assert!(o.status.success());
     let help = String::from_utf8_lossy(&o.stdout).replace('\n', " ");
     for want in [
-        "[default: 256MiB",
+        "[default: 1/16 of memory",
         "[default: 0",
         "[default: 10s",
         "--activated-protocol",

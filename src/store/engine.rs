@@ -38,11 +38,71 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            cache_bytes: 256 << 20,
+            cache_bytes: default_cache_bytes(),
             page_cache_bytes: 64 << 20,
             workers: 0,
         }
     }
+}
+
+/// The default block cache: a sixteenth of the memory this process may use (the machine's,
+/// or its cgroup's limit when that is lower), between 64 MiB and 1 GiB; 256 MiB when neither
+/// can be read.
+///
+/// Why it scales (issue 11): with 4 KiB random reads over a 512 MiB image (reference archive)
+/// a 256 MiB cache answered 76 % of lookups and a 512 MiB one 99 %, at about 22 and 16 µs
+/// of CPU per request, while the process's RSS was 373 and 388 MB: a block enters the cache
+/// only on its second miss, so memory follows what clients read again, not the cache size.
+/// A fixed larger default would still be too much for a small VM or a BMC; a sixteenth
+/// keeps 4 GiB machines at the old 256 MiB and gives a 1 GiB machine 64 MiB.
+pub fn default_cache_bytes() -> usize {
+    const MIN: u64 = 64 << 20;
+    const MAX: u64 = 1 << 30;
+    let limit = [memory_total(), cgroup_memory_max()]
+        .into_iter()
+        .flatten()
+        .min();
+    let bytes = limit.map_or(256 << 20, |b| (b / 16).clamp(MIN, MAX));
+    usize::try_from(bytes).unwrap_or(256 << 20)
+}
+
+/// `MemTotal` of /proc/meminfo, in bytes.
+fn memory_total() -> Option<u64> {
+    parse_mem_total(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+fn parse_mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// The memory limit of this process's cgroup: `memory.max` (v2) or `memory.limit_in_bytes`
+/// (v1), when it is a number (`max`, or v1's huge "unlimited", are no lower than MemTotal).
+fn cgroup_memory_max() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let read = |file: String| std::fs::read_to_string(file).ok();
+    // A hybrid system lists both hierarchies; the one with the memory controller answers.
+    let max = cgroup_path(&cgroup, "")
+        .and_then(|p| read(format!("/sys/fs/cgroup{p}/memory.max")))
+        .or_else(|| {
+            let p = cgroup_path(&cgroup, "memory")?;
+            read(format!("/sys/fs/cgroup/memory{p}/memory.limit_in_bytes"))
+        })?;
+    max.trim().parse().ok()
+}
+
+/// The path of `controller`'s hierarchy in /proc/self/cgroup (`""`: the unified v2 one, its
+/// `0::` line).
+fn cgroup_path<'a>(cgroup: &'a str, controller: &str) -> Option<&'a str> {
+    cgroup
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, c, p) = (f.next()?, f.next()?, f.next()?);
+            c.split(',').any(|c| c == controller).then_some(p)
+        })
+        .filter(|p| p.starts_with('/') && !p.contains(".."))
 }
 
 /// Counters of the store, exported by `/metrics`. Monotonic unless noted.
@@ -144,5 +204,32 @@ impl Engine {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.retain(|_, w| w.strong_count() > 0);
         map.insert(key, Arc::downgrade(archive));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meminfo_and_cgroup_lines_parse() {
+        let meminfo = "MemTotal:       24567892 kB\nMemFree:         1234 kB\n";
+        assert_eq!(parse_mem_total(meminfo), Some(24_567_892 * 1024));
+        assert_eq!(parse_mem_total("MemFree: 1 kB\n"), None);
+        assert_eq!(
+            cgroup_path("0::/system.slice/hexzd.service\n", ""),
+            Some("/system.slice/hexzd.service")
+        );
+        let v1 = "9:name=systemd:/\n4:memory:/lxc/a\n2:cpu,cpuacct:/\n0::/\n";
+        assert_eq!(cgroup_path(v1, "memory"), Some("/lxc/a"));
+        assert_eq!(cgroup_path(v1, "cpuacct"), Some("/"));
+        assert_eq!(cgroup_path("1:name=systemd:/x\n", ""), None);
+        assert_eq!(cgroup_path("0::/../x\n", ""), None);
+    }
+
+    #[test]
+    fn the_default_cache_is_a_sixteenth_of_memory_within_bounds() {
+        let b = default_cache_bytes();
+        assert!((64 << 20..=1 << 30).contains(&b), "{b}");
     }
 }
