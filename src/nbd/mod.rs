@@ -14,7 +14,6 @@ pub mod client;
 mod execute;
 pub mod handshake;
 pub mod proto;
-mod queue;
 pub mod reply;
 pub mod transmission;
 

@@ -17,7 +17,6 @@ use super::execute::{Conn, Job};
 pub use super::execute::{HANDLER_IDLE, KEEP_HANDLERS, RETAINED_BUFFER, Shared};
 use super::handshake::{BLOCK_SIZE_MAX, Session};
 use super::proto::*;
-use super::queue::Queue;
 use super::reply::Sink;
 use crate::serving::{Buffer, is_disconnect};
 
@@ -283,7 +282,7 @@ pub fn serve<R: Read, W: Sink>(
     // batches, not one syscall per 28-byte header.
     let reader = &mut io::BufReader::with_capacity(READ_BUFFER, reader);
     let limits = Limits::of(session);
-    let jobs = Queue::<Job>::new(JOB_QUEUE);
+    let (tx, rx) = crossbeam_channel::bounded::<Job>(JOB_QUEUE);
     let base_name = std::thread::current()
         .name()
         .unwrap_or("nbd-conn")
@@ -350,11 +349,12 @@ pub fn serve<R: Read, W: Sink>(
                     // handlers beyond the first exit by themselves (`Conn::handler`).
                     let handlers = conn.handlers.load(Ordering::Acquire);
                     if outstanding > handlers && handlers < MAX_HANDLERS {
-                        let (conn, jobs) = (&conn, &jobs);
+                        let rx = rx.clone();
+                        let conn = &conn;
                         conn.handlers.fetch_add(1, Ordering::AcqRel);
                         let spawned = std::thread::Builder::new()
                             .name(format!("{base_name}-h{spawned_total}"))
-                            .spawn_scoped(scope, move || conn.handler(jobs));
+                            .spawn_scoped(scope, move || conn.handler(&rx));
                         spawned_total += 1;
                         if let Err(e) = spawned {
                             conn.handlers.fetch_sub(1, Ordering::AcqRel);
@@ -365,14 +365,14 @@ pub fn serve<R: Read, W: Sink>(
                             }
                         }
                     }
-                    // Handlers only stop once the queue is closed.
-                    jobs.push(job);
+                    // Handlers only stop when `tx` is dropped, so the send cannot fail.
+                    let _ = tx.send(job);
                 }
             }
         };
         // Closing the queue lets the handlers finish what is queued and exit; the scope joins
         // them, so every reply in flight is sent before the connection closes (nbd.md §8.5).
-        jobs.close();
+        drop(tx);
         result
     });
     if conn.out.timed_out() {
