@@ -243,12 +243,27 @@ record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" "${9:-}" >>"$RESULTS";
 
 # --- workloads ----------------------------------------------------------------------------
 LUA=$here/peers-ranges.lua
+# cache_counts SERVER: "hits misses" of a hexzd's block cache from /metrics (empty otherwise).
+cache_counts() {
+    [[ $1 == hexzd* ]] || return 0
+    curl -fs "${HTTP_URL[$1]%/disk}/metrics" |
+        awk '/^hexzd_store_cache_hits_total/{h=$2} /^hexzd_store_cache_misses_total/{m=$2} END{print h, m}'
+}
+
 run_wrk() { # SERVER LEN NAME ROUND
-    local s=$1 len=$2 name=$3 round=$4 url=${HTTP_URL[$1]} t0 t1 out
-    HEXZD_PEERS_SIZE=$SIZE HEXZD_PEERS_LEN=$len wrk -t1 -c8 -d"${WARM}s" -s "$LUA" "$url" >/dev/null
+    local s=$1 len=$2 name=$3 round=$4 url=${HTTP_URL[$1]} t0 t1 out c0 c1
+    # The warm-up draws other ranges than the measured run (its own seed), so a cache is
+    # warmed by the workload, not by the very requests it is then timed on.
+    HEXZD_PEERS_SIZE=$SIZE HEXZD_PEERS_LEN=$len HEXZD_PEERS_SEED=$((1000 + round)) \
+        wrk -t1 -c8 -d"${WARM}s" -s "$LUA" "$url" >/dev/null
+    c0=$(cache_counts "$s")
     t0=$(ticks "${PID_OF[$s]}")
     out=$(HEXZD_PEERS_SIZE=$SIZE HEXZD_PEERS_LEN=$len HEXZD_PEERS_SEED=$round wrk -t1 -c8 -d"${SECS}s" --latency -s "$LUA" "$url")
     t1=$(ticks "${PID_OF[$s]}")
+    c1=$(cache_counts "$s")
+    if [[ -n $c0 && -n $c1 ]]; then
+        printf '%s\t%s\t%s %s\n' "$s" "$name" "$c0" "$c1" >>"$RUN/cache.tsv"
+    fi
     if grep -q "Non-2xx" <<<"$out"; then say "$s: non-2xx answers in $name"; fi
     local reqs rps p99
     reqs=$(awk '/requests in/{print $1}' <<<"$out")
@@ -302,7 +317,8 @@ done
 say "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # --- table --------------------------------------------------------------------------------
-python3 - "$RESULTS" "$HZ" "$MB" <<'EOF'
+touch "$RUN/cache.tsv"
+python3 - "$RESULTS" "$HZ" "$MB" "$RUN/cache.tsv" <<'EOF'
 import sys, statistics
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 hz, mb = float(sys.argv[2]), sys.argv[3]
@@ -352,9 +368,30 @@ targets = [
 ]
 for w, a, b, t in targets:
     print(f"  {w:10} {a} / {b}: {ratio(w, a, b)}  [{t}]")
+def p99_ms(w, server):
+    v = [x[4] for x in data.get((w, server), []) if x[4]]
+    if not v: return None
+    ms = sorted(float(p[:-2]) / 1000 if p.endswith("us") else float(p[:-2]) if p.endswith("ms") else float(p[:-1]) * 1000 for p in v)
+    return ms[len(ms) // 2]
+for w in ["fio-qd1", "fio-qd32"]:
+    a, b = p99_ms(w, "hexzd"), p99_ms(w, "qemu-nbd")
+    if a and b:
+        print(f"  {w:10} p99 hexzd / qemu-nbd: {a:.2f} / {b:.2f} ms = {a / b:.2f}  [<= 1.0]")
 c0, ref = cpu_per_op("http-4KiB", "hexzd-cache0"), cpu_per_op("http-4KiB", "hexz-serve")
 if c0 and ref:
     print(f"  http-4KiB CPU per request, hexzd --cache 0 / hexz serve: {c0:.1f} / {ref:.1f} us = {c0 / ref:.2f}  [<= 0.5]")
+hits = {}
+for line in open(sys.argv[4]):
+    server, work, counts = line.rstrip("\n").split("\t")
+    h0, m0, h1, m1 = (float(x) for x in counts.split())
+    t = hits.setdefault((work, server), [0.0, 0.0])
+    t[0] += h1 - h0
+    t[1] += m1 - m0
+if hits:
+    print("\nhexzd block cache during the timed runs (/metrics):")
+    for (work, server), (h, m) in sorted(hits.items()):
+        if h + m:
+            print(f"  {work:10} {server:14} {100 * h / (h + m):5.1f} % of {int(h + m)} lookups were hits")
 EOF
 say "raw results: kept in $DIR/peers-last.tsv"
 cp "$RESULTS" "$DIR/peers-last.tsv"
