@@ -93,6 +93,18 @@ impl std::fmt::Debug for Dictionary {
     }
 }
 
+/// The part of a block [`CodecContext::decompress_prefix`] decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    /// The block's decoded length.
+    pub logical_len: usize,
+    /// Bytes wanted from its start (at most `logical_len`).
+    pub need: usize,
+    /// The same stored bytes (same CRC) were already seen to decode to exactly
+    /// `logical_len` bytes, so the rest of the block need not be checked again.
+    pub length_checked: bool,
+}
+
 /// Per-thread codec state: Zstd contexts are expensive to create, so each worker keeps its own.
 #[derive(Default)]
 pub struct CodecContext {
@@ -196,26 +208,29 @@ impl CodecContext {
         Ok(out)
     }
 
-    /// Decodes the first `need` bytes of a block of `logical_len` bytes into `buf[..need]`,
-    /// growing `buf` if it is shorter (it is a buffer reused across blocks, so it is zeroed
-    /// only when it grows). LZ4 stops writing at byte `need` ([`lz4_prefix`](super::lz4_prefix));
-    /// a whole block (`need == logical_len`) and Zstd frames are decoded whole. `need` must not
-    /// exceed `logical_len`.
+    /// Decodes the first `part.need` bytes of a block of `part.logical_len` bytes into
+    /// `buf[..need]`, growing `buf` if it is shorter (it is a buffer reused across blocks, so
+    /// it is zeroed only when it grows). LZ4 stops writing at byte `need`
+    /// ([`lz4_prefix`](super::lz4_prefix)); a whole block (`need == logical_len`) and Zstd
+    /// frames are decoded whole.
     ///
-    /// `length_checked` says these stored bytes (same CRC) were already seen to decode to
-    /// exactly `logical_len` bytes. If not, the rest of an LZ4 block is walked to check that,
-    /// and a block of any other length is an error. Returns whether this call checked the
-    /// whole block's length (so the caller can remember it).
+    /// Unless `part.length_checked`, the rest of an LZ4 block is walked to check that it
+    /// decodes to exactly `logical_len` bytes, and a block of any other length is an error.
+    /// Returns whether this call checked the whole block's length (so the caller can
+    /// remember it).
     pub fn decompress_prefix(
         &mut self,
         codec: Compression,
         stored: &[u8],
-        logical_len: usize,
-        need: usize,
+        part: Part,
         buf: &mut Vec<u8>,
         dictionary: Option<&Dictionary>,
-        length_checked: bool,
     ) -> Result<bool, CodecError> {
+        let Part {
+            logical_len,
+            need,
+            length_checked,
+        } = part;
         let partial = codec == Compression::Lz4 && need < logical_len;
         let n = if partial { need } else { logical_len };
         if buf.len() < n {
@@ -400,16 +415,13 @@ mod tests {
             ctx.compress(codec, &data, &mut stored).unwrap();
             for need in [1, 4096, 33_333, data.len()] {
                 for checked in [false, true] {
+                    let part = Part {
+                        logical_len: data.len(),
+                        need,
+                        length_checked: checked,
+                    };
                     let whole = ctx
-                        .decompress_prefix(
-                            codec,
-                            &stored,
-                            data.len(),
-                            need,
-                            &mut buf,
-                            None,
-                            checked,
-                        )
+                        .decompress_prefix(codec, &stored, part, &mut buf, None)
                         .unwrap();
                     assert!(buf[..need] == data[..need], "{codec:?} {need}");
                     // Only a partial LZ4 decode of a checked block leaves the length unchecked.
@@ -422,11 +434,13 @@ mod tests {
                 ctx.decompress_prefix(
                     codec,
                     &stored,
-                    data.len() + 1,
-                    data.len() + 1,
+                    Part {
+                        logical_len: data.len() + 1,
+                        need: data.len() + 1,
+                        length_checked: false
+                    },
                     &mut buf,
                     None,
-                    false
                 )
                 .is_err()
             );
@@ -436,11 +450,13 @@ mod tests {
                     ctx.decompress_prefix(
                         codec,
                         &stored[..cut],
-                        data.len(),
-                        data.len() - 1,
+                        Part {
+                            logical_len: data.len(),
+                            need: data.len() - 1,
+                            length_checked: false
+                        },
                         &mut buf,
                         None,
-                        false
                     )
                     .is_err(),
                     "{codec:?} cut at {cut}"

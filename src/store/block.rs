@@ -4,7 +4,7 @@
 use super::BlockFault;
 use super::archive::Archive;
 use super::pool::Scratch;
-use crate::format::codec::check_crc;
+use crate::format::codec::{Part, check_crc};
 use crate::format::{BlockInfo, MAX_BLOCK_LEN, MAX_STORED_LEN};
 
 /// Decodes the data block `info` (global index `index`) of `archive` into a new vector.
@@ -63,14 +63,17 @@ pub(crate) fn decode_prefix(
         plain_len,
         block,
     } = scratch;
+    let part = Part {
+        logical_len: info.logical_len as usize,
+        need,
+        length_checked,
+    };
     Ok(codec.decompress_prefix(
         archive.header().compression,
         &stored[..*plain_len],
-        info.logical_len as usize,
-        need,
+        part,
         block,
         archive.dictionary.as_ref(),
-        length_checked,
     )?)
 }
 
