@@ -26,7 +26,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use super::body::{self, SendError};
 use super::handler::{self, Body, Response};
 use super::request::{self, Body as RequestBody, Expect, HeadError, MAX_HEAD_BYTES, Request};
-use super::response::{Connection as ConnHeader, Plan};
+use super::response::{Connection as ConnHeader, Plan, push_decimal};
 use super::{HttpService, date};
 use crate::format::Stream;
 use crate::serving::conn::{stall_tick, write_all_timed};
@@ -569,16 +569,33 @@ impl<'a> Connection<'a> {
         }
         let range = range.map(String::from_utf8_lossy);
         let range = range.as_deref().unwrap_or("-");
-        let micros = started.elapsed().as_micros();
-        log::info!(
-            "{} \"{} {}\" range={} {status} {bytes} {}.{:03}ms",
-            self.peer,
-            Printable(method),
-            Printable(target),
-            Printable(range),
-            micros / 1000,
-            micros % 1000
-        );
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        // Built by hand rather than with `format!` arguments: one line per request.
+        let mut line = String::with_capacity(128);
+        line.push_str(&self.peer);
+        line.push_str(" \"");
+        push_printable(&mut line, method);
+        line.push(' ');
+        push_printable(&mut line, target);
+        line.push_str("\" range=");
+        push_printable(&mut line, range);
+        line.push(' ');
+        push_decimal(&mut line, u64::from(status));
+        line.push(' ');
+        push_decimal(&mut line, bytes);
+        line.push(' ');
+        push_decimal(&mut line, micros / 1000);
+        line.push('.');
+        let ms_frac = micros % 1000;
+        if ms_frac < 100 {
+            line.push('0');
+        }
+        if ms_frac < 10 {
+            line.push('0');
+        }
+        push_decimal(&mut line, ms_frac);
+        line.push_str("ms");
+        log::info!("{line}");
     }
 
     // ---- closing -------------------------------------------------------------------------
@@ -608,20 +625,14 @@ impl<'a> Connection<'a> {
     }
 }
 
-/// A string shown with its control characters escaped, for a log line a client cannot forge
-/// (written straight into the line, without a copy when there is nothing to escape).
-struct Printable<'a>(&'a str);
-
-impl std::fmt::Display for Printable<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if !self.0.chars().any(char::is_control) {
-            return f.write_str(self.0);
-        }
-        for c in self.0.chars().flat_map(char::escape_default) {
-            std::fmt::Write::write_char(f, c)?;
-        }
-        Ok(())
+/// Appends `s` with its control characters escaped, for a log line a client cannot forge.
+fn push_printable(out: &mut String, s: &str) {
+    // Printable ASCII (what clients send) needs no look at each char.
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b)) || !s.chars().any(char::is_control) {
+        out.push_str(s);
+        return;
     }
+    out.extend(s.chars().flat_map(char::escape_default));
 }
 
 #[cfg(test)]
@@ -630,7 +641,14 @@ mod tests {
 
     #[test]
     fn log_fields_are_escaped() {
-        assert_eq!(Printable("/disk").to_string(), "/disk");
-        assert_eq!(Printable("a\nb").to_string(), "a\\nb");
+        let shown = |s: &str| {
+            let mut out = String::new();
+            push_printable(&mut out, s);
+            out
+        };
+        assert_eq!(shown("/disk"), "/disk");
+        assert_eq!(shown("a\nb"), "a\\nb");
+        assert_eq!(shown("caf\u{e9} \u{85}"), "caf\\u{e9} \\u{85}");
+        assert_eq!(shown("caf\u{e9}"), "caf\u{e9}");
     }
 }

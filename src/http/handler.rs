@@ -213,7 +213,7 @@ fn serve_stream(
                 .header("Content-Type", OCTET_STREAM)
                 .header(
                     "Content-Range",
-                    format!("bytes {}-{}/{len}", r.first, r.last),
+                    response::content_range(r.first, r.last, len),
                 ),
             body: Body::Stream {
                 snapshot: snapshot.clone(),

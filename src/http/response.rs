@@ -40,23 +40,108 @@ pub struct Head {
     buf: String,
 }
 
+/// A header value [`Head::header`] can append: strings as they are, integers in decimal.
+/// Written without `format!`: every response builds a head (a third of the user-space
+/// instructions of a cached 4 KiB range went to formatting before).
+pub trait HeaderValue {
+    /// Appends the value to `out`.
+    fn push_to(&self, out: &mut String);
+}
+
+impl HeaderValue for &str {
+    fn push_to(&self, out: &mut String) {
+        out.push_str(self);
+    }
+}
+
+impl HeaderValue for String {
+    fn push_to(&self, out: &mut String) {
+        out.push_str(self);
+    }
+}
+
+impl HeaderValue for &String {
+    fn push_to(&self, out: &mut String) {
+        out.push_str(self);
+    }
+}
+
+impl HeaderValue for u64 {
+    fn push_to(&self, out: &mut String) {
+        push_decimal(out, *self);
+    }
+}
+
+impl HeaderValue for usize {
+    fn push_to(&self, out: &mut String) {
+        push_decimal(out, *self as u64);
+    }
+}
+
+impl HeaderValue for i32 {
+    fn push_to(&self, out: &mut String) {
+        if *self < 0 {
+            out.push('-');
+        }
+        push_decimal(out, u64::from(self.unsigned_abs()));
+    }
+}
+
+/// Appends `v` in decimal.
+pub fn push_decimal(out: &mut String, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    // Always ASCII digits.
+    if let Ok(text) = std::str::from_utf8(&digits[i..]) {
+        out.push_str(text);
+    }
+}
+
+/// `bytes FIRST-LAST/LEN`, the Content-Range of a part.
+pub fn content_range(first: u64, last: u64, len: u64) -> String {
+    let mut s = String::with_capacity(48);
+    s.push_str("bytes ");
+    push_decimal(&mut s, first);
+    s.push('-');
+    push_decimal(&mut s, last);
+    s.push('/');
+    push_decimal(&mut s, len);
+    s
+}
+
 impl Head {
     /// Starts `HTTP/1.1 STATUS REASON` with `Date` and `Server`.
     pub fn new(status: u16, date: &str) -> Head {
         let mut buf = String::with_capacity(320);
-        let _ = write!(buf, "HTTP/1.1 {status} {}\r\n", reason(status));
-        let _ = write!(
-            buf,
-            "Date: {date}\r\nServer: hexzd/{}\r\n",
-            env!("CARGO_PKG_VERSION")
-        );
+        buf.push_str("HTTP/1.1 ");
+        push_decimal(&mut buf, u64::from(status));
+        buf.push(' ');
+        buf.push_str(reason(status));
+        buf.push_str("\r\nDate: ");
+        buf.push_str(date);
+        buf.push_str(concat!(
+            "\r\nServer: hexzd/",
+            env!("CARGO_PKG_VERSION"),
+            "\r\n"
+        ));
         Head { buf }
     }
 
     /// Adds a header field. `value` must not contain CR or LF (all of hexzd's values are
     /// generated, never copied from a request).
-    pub fn header(mut self, name: &str, value: impl std::fmt::Display) -> Head {
-        let _ = write!(self.buf, "{name}: {value}\r\n");
+    pub fn header(mut self, name: &str, value: impl HeaderValue) -> Head {
+        self.buf.push_str(name);
+        self.buf.push_str(": ");
+        value.push_to(&mut self.buf);
+        self.buf.push_str("\r\n");
         self
     }
 
@@ -195,6 +280,30 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn decimal_values_and_content_range_read_as_format_writes_them() {
+        for v in [0u64, 7, 10, 99, 4096, 536_870_911, u64::MAX] {
+            let mut s = String::new();
+            push_decimal(&mut s, v);
+            assert_eq!(s, v.to_string());
+        }
+        assert_eq!(
+            content_range(0, 4095, 536_870_912),
+            "bytes 0-4095/536870912"
+        );
+        let head = Head::new(206, "D")
+            .header("A", -3)
+            .header("B", 5usize)
+            .finish(Connection::KeepAlive);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            format!(
+                "HTTP/1.1 206 Partial Content\r\nDate: D\r\nServer: hexzd/{}\r\nA: -3\r\nB: 5\r\n\r\n",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+    }
 
     #[test]
     fn head_bytes() {
