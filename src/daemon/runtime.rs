@@ -75,7 +75,8 @@ impl Runtime {
     /// Creates the store engine, opens every snapshot, and builds the front ends with the
     /// settings of `config`, exactly as validated.
     pub fn start(config: Config) -> Result<Runtime, DaemonError> {
-        let engine = Engine::new(config.cache.engine()).map_err(DaemonError::Start)?;
+        let engine = Engine::with_remote(config.cache.engine(), config.remote.clone())
+            .map_err(DaemonError::Start)?;
         let catalog = Arc::new(CatalogHandle::new(open_catalog(
             &config.snapshots,
             &engine,

@@ -204,6 +204,83 @@ pub(crate) fn open_parents(
     Ok(parents)
 }
 
+/// A parent of an archive as `inspect` describes it: where it was found (if anywhere), an
+/// identity to notice it again (a loop or a repeat), and how to open its index.
+#[derive(Debug)]
+pub struct ParentRef {
+    /// The path or URL (without credentials) it resolved to, if it did.
+    pub resolved: Option<String>,
+    /// A canonical form: the same parent reached twice has the same identity.
+    pub identity: Option<String>,
+    target: Result<ParentTarget, String>,
+}
+
+#[derive(Debug)]
+enum ParentTarget {
+    File(PathBuf),
+    Url(RemoteUrl),
+}
+
+impl ParentRef {
+    /// Finds the parent `name` of `child` under the same rules as opening (the first local
+    /// candidate that may exist; a URL on an allowed origin), without opening it.
+    pub(crate) fn find(child: &Archive, engine: &Engine, name: &str) -> ParentRef {
+        match parent_at(child.location(), name, &engine.remote.config.allow_origins) {
+            ParentAt::Paths(p) => {
+                // A symbolic link loop is not "not found": opening it reports the loop.
+                match p.into_iter().find(|c| !matches!(c.try_exists(), Ok(false))) {
+                    None => ParentRef {
+                        resolved: None,
+                        identity: None,
+                        target: Err("not found".into()),
+                    },
+                    Some(c) => ParentRef {
+                        resolved: Some(c.display().to_string()),
+                        identity: Some(
+                            std::fs::canonicalize(&c)
+                                .unwrap_or_else(|_| c.clone())
+                                .display()
+                                .to_string(),
+                        ),
+                        target: Ok(ParentTarget::File(c)),
+                    },
+                }
+            }
+            ParentAt::Url(u) => ParentRef {
+                resolved: Some(u.display()),
+                identity: Some(u.display()),
+                target: Ok(ParentTarget::Url(u)),
+            },
+            ParentAt::Refused { shown, reason } => ParentRef {
+                resolved: Some(shown),
+                identity: None,
+                target: Err(format!("refused: {reason}")),
+            },
+        }
+    }
+
+    /// Opens the parent's header and index only (no key, no parents of its own).
+    pub fn open_index(&self, engine: &Arc<Engine>) -> Result<super::Snapshot, String> {
+        let cx = OpenContext {
+            engine,
+            password: None,
+            depth: 0,
+            chain: &[],
+            index_only: true,
+        };
+        let archive = match &self.target {
+            Err(e) => return Err(e.clone()),
+            Ok(ParentTarget::File(p)) => Archive::open_file(p, cx),
+            Ok(ParentTarget::Url(u)) => Archive::open_url(u, cx),
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(super::Snapshot {
+            archive,
+            engine: Arc::clone(engine),
+        })
+    }
+}
+
 impl Archive {
     /// Builds the hash index on first use (under the write lock, so concurrent first lookups
     /// wait for one build).

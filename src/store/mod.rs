@@ -23,6 +23,7 @@ use std::sync::Arc;
 pub use crate::format::Stream;
 use crate::format::{CodecError, FormatError, crypto::CryptoError};
 pub use archive::{Archive, Page};
+pub use chain::ParentRef;
 pub use engine::{Engine, EngineConfig, StoreMetrics};
 pub use remote::{Location, LocationError, RemoteConfig, RemoteError};
 pub use snapshot::{Extent, ExtentKind, OpenOptions, Snapshot};
