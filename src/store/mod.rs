@@ -25,7 +25,7 @@ use crate::format::{CodecError, FormatError, crypto::CryptoError};
 pub use archive::{Archive, Page};
 pub use chain::ParentRef;
 pub use engine::{Engine, EngineConfig, StoreMetrics};
-pub use remote::{Location, LocationError, RemoteConfig, RemoteError};
+pub use remote::{CHUNK as CHUNK_BYTES, Location, LocationError, RemoteConfig, RemoteError};
 pub use snapshot::{Extent, ExtentKind, OpenOptions, Snapshot};
 pub use verify::{BadBlock, VerifyReport};
 

@@ -257,6 +257,28 @@ fn exchange(
                 asked: range.clone(),
                 got: content_range.clone(),
             })?;
+        let found = Validator {
+            size: total.unwrap_or(0),
+            etag: header("etag"),
+            last_modified: header("last-modified"),
+        };
+        // Another object first (a server that ignores If-Match still says so in its
+        // validators or size), then bytes other than those asked for.
+        if let Some(v) = expect {
+            let changed = |a: &Option<String>, b: &Option<String>, what: &str| match (a, b) {
+                (Some(x), Some(y)) if x != y => Some(format!("{what} was {x}, now {y}")),
+                _ => None,
+            };
+            let resized = total
+                .filter(|&t| t != v.size)
+                .map(|t| format!("size was {}, now {t}", v.size));
+            if let Some(detail) = changed(&v.etag, &found.etag, "ETag")
+                .or_else(|| changed(&v.last_modified, &found.last_modified, "Last-Modified"))
+                .or(resized)
+            {
+                return Err(RemoteError::Changed { url: shown, detail });
+            }
+        }
         // At open the object's size is unknown and the end may be clamped to it.
         let exact = match expect {
             Some(v) => cr_start == start && cr_end == end && total == Some(v.size),
@@ -268,22 +290,6 @@ fn exchange(
                 asked: range,
                 got: content_range,
             });
-        }
-        let found = Validator {
-            size: total.unwrap_or(0),
-            etag: header("etag"),
-            last_modified: header("last-modified"),
-        };
-        if let Some(v) = expect {
-            let changed = |a: &Option<String>, b: &Option<String>, what: &str| match (a, b) {
-                (Some(x), Some(y)) if x != y => Some(format!("{what} was {x}, now {y}")),
-                _ => None,
-            };
-            if let Some(detail) = changed(&v.etag, &found.etag, "ETag")
-                .or_else(|| changed(&v.last_modified, &found.last_modified, "Last-Modified"))
-            {
-                return Err(RemoteError::Changed { url: shown, detail });
-            }
         }
         let got_len = cr_end - cr_start + 1;
         if let Some(cl) = header("content-length").and_then(|v| v.trim().parse::<u64>().ok()) {
@@ -317,6 +323,16 @@ fn exchange(
                         read += n as u64;
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        // The connection closed before Content-Length said it would.
+                        RemoteMetrics::add(&remote.metrics.remote.bytes, read);
+                        return Err(RemoteError::ShortBody {
+                            url: shown,
+                            range,
+                            got: read,
+                            want: got_len,
+                        });
+                    }
                     Err(e) => {
                         RemoteMetrics::add(&remote.metrics.remote.bytes, read);
                         return Err(classify_io(&e, &err, read, got_len));
