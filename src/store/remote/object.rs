@@ -411,7 +411,14 @@ impl RemoteObject {
             }
         };
         if let Some((from, to)) = job {
-            self.remote.read_ahead((Arc::clone(self), from, to));
+            // In pieces, so both read-ahead threads (and connections) fetch at once.
+            let piece = ((to - from).div_ceil(2)).max(FIRST_WINDOW);
+            let mut at = from;
+            while at < to {
+                let end = (at + piece).min(to);
+                self.remote.read_ahead((Arc::clone(self), at, end));
+                at = end;
+            }
         }
     }
 
