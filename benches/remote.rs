@@ -9,6 +9,9 @@
 //! per run, default 4000), `TMPDIR`. Needs nginx (scripts/deps.sh installs it); without it the
 //! bench says so and exits 0. The machine is shared: compare ratios within one run.
 
+// Sizes and counts of test data fit every integer type used here.
+#![allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -47,10 +50,12 @@ impl Rng {
 fn write_image(path: &Path, mib: u64) -> Result<(), BoxError> {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let words: Vec<&[u8]> = ["block ", "sector ", "index ", "page ", "stream ", "image ", "\n"]
-        .iter()
-        .map(|w| w.as_bytes())
-        .collect();
+    let words: Vec<&[u8]> = [
+        "block ", "sector ", "index ", "page ", "stream ", "image ", "\n",
+    ]
+    .iter()
+    .map(|w| w.as_bytes())
+    .collect();
     let mut block = vec![0u8; BLOCK];
     let mut repeated = vec![0u8; BLOCK];
     for b in repeated.iter_mut() {
@@ -93,7 +98,11 @@ fn engine(remote: RemoteConfig) -> Result<std::sync::Arc<Engine>, BoxError> {
 
 /// One cold sequential pass: (MB/s, HTTP requests).
 fn sequential(target: &str) -> Result<(f64, u64), BoxError> {
-    let snap = Snapshot::open_with(target, &engine(RemoteConfig::default())?, &OpenOptions::default())?;
+    let snap = Snapshot::open_with(
+        target,
+        &engine(RemoteConfig::default())?,
+        &OpenOptions::default(),
+    )?;
     let size = snap.size(Stream::Main);
     let mut buf = vec![0u8; SEQ_READ];
     let t = Instant::now();
@@ -108,7 +117,11 @@ fn sequential(target: &str) -> Result<(f64, u64), BoxError> {
 
 /// `n` random 4 KiB reads from a cold engine: (reads/s, HTTP requests).
 fn random(target: &str, n: u64, seed: u64) -> Result<(f64, u64), BoxError> {
-    let snap = Snapshot::open_with(target, &engine(RemoteConfig::default())?, &OpenOptions::default())?;
+    let snap = Snapshot::open_with(
+        target,
+        &engine(RemoteConfig::default())?,
+        &OpenOptions::default(),
+    )?;
     let size = snap.size(Stream::Main);
     let mut rng = Rng(seed | 1);
     let mut buf = vec![0u8; 4096];
@@ -147,7 +160,9 @@ fn main() -> Result<(), BoxError> {
         println!("SKIP: nginx is not installed (scripts/deps.sh installs it)");
         return Ok(());
     };
-    let tmp = tempfile::Builder::new().prefix("hexzd-bench-remote-").tempdir()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("hexzd-bench-remote-")
+        .tempdir()?;
     let dir = tmp.path();
     let raw = dir.join("image.raw");
     write_image(&raw, mib)?;
@@ -210,21 +225,39 @@ fn main() -> Result<(), BoxError> {
 
     let rnd_mib = (n_random * 4096) as f64 / f64::from(1 << 20);
     println!("\n{:<58} {:>10} {:>10}", "figure", "best", "median");
-    let row = |l: &str, v: &[f64], unit: &str| println!("{l:<58} {:>10.1} {:>10.1}  {unit}", best(v), median(v));
+    let row = |l: &str, v: &[f64], unit: &str| {
+        println!("{l:<58} {:>10.1} {:>10.1}  {unit}", best(v), median(v))
+    };
     row("cold sequential read_at 8 MiB, local file", &ls, "MB/s");
-    row("cold sequential read_at 8 MiB, nginx on loopback", &rs, "MB/s");
+    row(
+        "cold sequential read_at 8 MiB, nginx on loopback",
+        &rs,
+        "MB/s",
+    );
     println!(
         "  ratio remote / local (target >= 0.80)                     {:>10.2} {:>10.2}  {}",
         best(&rs) / best(&ls),
         median(&rs) / median(&ls),
-        if median(&rs) / median(&ls) >= 0.8 { "met" } else { "NOT met" }
+        if median(&rs) / median(&ls) >= 0.8 {
+            "met"
+        } else {
+            "NOT met"
+        }
     );
     println!(
         "  HTTP requests: {seq_reqs} for {size_mib:.0} MiB = {:.3} per MiB read",
         seq_reqs as f64 / size_mib
     );
-    row("random read_at 4 KiB, cold engine, local file", &lr, "reads/s");
-    row("random read_at 4 KiB, cold engine, nginx on loopback", &rr, "reads/s");
+    row(
+        "random read_at 4 KiB, cold engine, local file",
+        &lr,
+        "reads/s",
+    );
+    row(
+        "random read_at 4 KiB, cold engine, nginx on loopback",
+        &rr,
+        "reads/s",
+    );
     println!(
         "  ratio remote / local                                      {:>10.2} {:>10.2}",
         best(&rr) / best(&lr),

@@ -3,7 +3,7 @@
 //! corrupted cache file is detected and fetched again, the size bound holds; a thin archive
 //! whose parent points at another host is refused, and URLs with credentials never reach
 //! logs or `/metrics`.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 mod common;
 mod remote_support;

@@ -2,7 +2,7 @@
 //! short body, a wrong Content-Range, 500 then success, a reset mid-body, a stall, redirects,
 //! the object replaced between reads. Each fault fails only the reads whose bytes it touches,
 //! with a message naming the URL, the block and the status; nothing is ever served mixed.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 mod common;
 mod remote_support;

@@ -3,7 +3,7 @@
 //! included, read through `hexzd cat URL`, through hexzd's HTTP front end and through its NBD
 //! front end (nbdcopy) equals the raw input; thousands of random ranges through `read_at`
 //! agree with it. Skips (with a message) without nginx, fails under `HEXZD_REQUIRE_TOOLS=1`.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 mod common;
 mod nbd_support;

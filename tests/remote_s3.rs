@@ -4,7 +4,7 @@
 //! chain and encrypted included); a wrong secret is a clear 403; an unknown bucket or key, a
 //! clear 404. Skips (with a message) without `moto_server`, fails under
 //! `HEXZD_REQUIRE_TOOLS=1`.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 mod common;
 mod remote_support;

@@ -493,7 +493,7 @@ fn read_exact_at(
         SourceError::Remote(source) => StoreError::Remote {
             path: path.to_path_buf(),
             op,
-            source,
+            source: Box::new(source),
         },
     })
 }

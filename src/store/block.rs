@@ -90,7 +90,7 @@ fn read(archive: &Archive, info: &BlockInfo, stored: &mut [u8]) -> Result<(), Bl
         .read_stored(info.offset, stored)
         .map_err(|e| match e {
             SourceError::Io(e) => BlockFault::Io(std::sync::Arc::new(e)),
-            SourceError::Remote(e) => BlockFault::Remote(e),
+            SourceError::Remote(e) => BlockFault::Remote(Box::new(e)),
         })
 }
 

@@ -61,7 +61,7 @@ pub enum BlockFault {
     Io(Arc<io::Error>),
     /// The remote object could not be read (the message names the URL and the status).
     #[error(transparent)]
-    Remote(RemoteError),
+    Remote(Box<RemoteError>),
     /// A parent reference whose hash no archive of the chain holds.
     #[error("parent block {0} is not in any parent archive")]
     ParentMissing(String),
@@ -104,7 +104,7 @@ pub enum StoreError {
         path: PathBuf,
         op: &'static str,
         #[source]
-        source: RemoteError,
+        source: Box<RemoteError>,
     },
     /// The header or master index does not decode.
     #[error("{path}: {source}", path = path.display())]

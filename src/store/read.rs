@@ -205,7 +205,7 @@ impl Snapshot {
                         stream,
                         m.target.index,
                         m.target.offset,
-                        BlockFault::Remote(e),
+                        BlockFault::Remote(Box::new(e)),
                     ));
                 }
             }

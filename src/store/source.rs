@@ -145,7 +145,7 @@ pub(crate) fn open_remote(url: &RemoteUrl, engine: &Engine) -> Result<Opened, St
     let object = RemoteObject::open(&engine.remote, url).map_err(|source| StoreError::Remote {
         path: shown.clone(),
         op: "open",
-        source,
+        source: Box::new(source),
     })?;
     let id = object.identity();
     Ok(Opened {

@@ -265,7 +265,10 @@ fn remote_sections_are_validated_and_name_the_key() {
         c.remote.disk,
         Some((Path::new("/nonexistent/cache").to_path_buf(), 1 << 30))
     );
-    assert_eq!(c.remote.allow_origins, ["https://mirror.example", "s3://other"]);
+    assert_eq!(
+        c.remote.allow_origins,
+        ["https://mirror.example", "s3://other"]
+    );
     assert_eq!(c.remote.retries, 1);
     assert_eq!(c.remote.read_timeout, Duration::from_secs(2));
     assert_eq!(c.remote.s3.region, "eu-west-1");
@@ -273,13 +276,22 @@ fn remote_sections_are_validated_and_name_the_key() {
     // A URL is not resolved against the config file's directory.
     assert_eq!(c.snapshots[0].path, Path::new("https://h/x.hxz"));
     for (text, key) in [
-        ("[remote]\nallow_origins = [\"https://h/path\"]\n", "remote.allow_origins[0]"),
+        (
+            "[remote]\nallow_origins = [\"https://h/path\"]\n",
+            "remote.allow_origins[0]",
+        ),
         ("[remote]\nretries = 99\n", "remote.retries"),
         ("[cache]\ndisk_size = \"1GiB\"\n", "cache.disk_size"),
-        ("[cache]\ndisk = \"/tmp\"\ndisk_size = 10\n", "cache.disk_size"),
+        (
+            "[cache]\ndisk = \"/tmp\"\ndisk_size = 10\n",
+            "cache.disk_size",
+        ),
         ("[s3]\nendpoint = \"ftp://x\"\n", "s3"),
         ("[s3]\nbucket = \"x\"\n", "bucket"),
-        ("[[snapshot]]\nname = \"r\"\npath = \"gopher://h/x\"\n", "snapshot[0].path"),
+        (
+            "[[snapshot]]\nname = \"r\"\npath = \"gopher://h/x\"\n",
+            "snapshot[0].path",
+        ),
     ] {
         let e = parse(text).unwrap_err().to_string();
         assert!(e.contains(key), "{text}: {e}");

@@ -381,7 +381,7 @@ fn redirect(
         return Err("the target carries user information".into());
     }
     let origin = next.origin().ascii_serialization();
-    if origin != target.origin && !remote.config.allow_origins.iter().any(|o| *o == origin) {
+    if origin != target.origin && !remote.config.allow_origins.contains(&origin) {
         return Err(format!(
             "{origin} is another origin (allow it with [remote] allow_origins)"
         ));

@@ -158,9 +158,8 @@ impl DiskCache {
     /// that fails its check is removed (counted as corrupt).
     pub fn get(&self, object: &Arc<str>, n: u64, len: usize) -> Option<Vec<u8>> {
         let key: DiskKey = (Arc::clone(object), n);
-        if self.lock().lru.get(&key).is_none() {
-            return None;
-        }
+        // Known to the index (and promoted to most recent), or not on disk.
+        self.lock().lru.get(&key)?;
         let path = chunk_path(&self.dir, object, n);
         match read_checked(&path, len) {
             Ok(Some(bytes)) => {
@@ -409,7 +408,7 @@ mod tests {
         let obj: Arc<str> = Arc::from("00000000000000000000000000000001");
         let c = DiskCache::open(dir.path(), 5000, m).unwrap();
         for n in 0..20 {
-            c.put(&obj, n, &Arc::new(vec![n as u8; 1000]));
+            c.put(&obj, n, &Arc::new(vec![7u8; 1000]));
         }
         c.sync();
         let mut found = Vec::new();

@@ -277,7 +277,7 @@ impl RemoteObject {
         }
         mine.retain(|&i| {
             let n = wanted[i];
-            let Some(c) = self.from_disk(n) else {
+            let Some(c) = self.disk_chunk(n) else {
                 return true;
             };
             claims.pending.retain(|&p| p != n);
@@ -441,7 +441,7 @@ impl RemoteObject {
                     }
                     break;
                 }
-                if let Some(c) = self.from_disk(n) {
+                if let Some(c) = self.disk_chunk(n) {
                     cache.finish((self.id, n), Some(c));
                     n += 1;
                     if claims.pending.is_empty() {
@@ -470,7 +470,7 @@ impl RemoteObject {
     }
 
     /// Chunk `n` from the disk cache, if it holds a valid copy.
-    fn from_disk(&self, n: u64) -> Option<Chunk> {
+    fn disk_chunk(&self, n: u64) -> Option<Chunk> {
         let (Some(disk), Some(key)) = (&self.remote.disk, &self.disk_key) else {
             return None;
         };
