@@ -6,7 +6,11 @@
 //! - 1 MiB ranges, hot (block cache holds the region) and cold (cache off: every read
 //!   decompresses), at 1, 4 and 16 connections: MB/s and the ratio to the ceiling;
 //! - 4 KiB random ranges, hot, at 16 and 256 connections: requests/s, p50 and p99;
-//! - RSS per idle connection with 1 000 idle connections.
+//! - RSS per idle connection with 1 000 idle connections;
+//! - RSS per stalled connection: 300 clients that ask for the whole stream and never read
+//!   (measured once every one has given its buffer back);
+//! - the response budget's cost when nothing stalls: 1 MiB hot ranges with the default budget
+//!   beside a budget too large to ever wait, same run.
 //!
 //! The archive (256 MiB, LZ4, 64 KiB blocks) is generated and packed by the bench with
 //! `hexzd::pack::pack`. Client and server share the machine's cores, so the ratios are lower
@@ -180,7 +184,21 @@ fn open(path: &std::path::Path, cache: usize) -> (Snapshot, Arc<Engine>) {
 }
 
 fn serve(snapshot: &Snapshot, engine: &Engine, max_connections: usize) -> Server {
-    Server::start(
+    serve_budget(
+        snapshot,
+        engine,
+        max_connections,
+        hexzd::serving::budget::DEFAULT_BUFFER_MEMORY,
+    )
+}
+
+fn serve_budget(
+    snapshot: &Snapshot,
+    engine: &Engine,
+    max_connections: usize,
+    budget: u64,
+) -> Server {
+    Server::start_with_budget(
         HttpSettings {
             max_connections,
             // The idle-RSS run holds fresh connections without a request for a few seconds.
@@ -192,6 +210,7 @@ fn serve(snapshot: &Snapshot, engine: &Engine, max_connections: usize) -> Server
             snapshot: snapshot.clone(),
         }],
         engine,
+        budget,
     )
 }
 
@@ -234,7 +253,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    // `cargo bench --bench http -- 1m|4k|idle` runs one section.
+    // `cargo bench --bench http -- 1m|4k|idle|stalled|budget` runs one section.
     let only: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let run = |section: &str| only.as_deref().is_none_or(|o| o == section);
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
@@ -274,6 +293,14 @@ fn main() {
     if run("idle") {
         println!();
         idle_rss(&hot, &hot_engine);
+    }
+    if run("stalled") {
+        println!();
+        stalled_rss(&hot, &hot_engine);
+    }
+    if run("budget") {
+        println!();
+        budget_cost(&hot, &hot_engine);
     }
     println!();
     println!("load average at end {}", load_average());
@@ -447,4 +474,66 @@ fn idle_rss(snap: &Snapshot, engine: &Engine) {
         per(settled)
     );
     drop(conns);
+}
+
+/// RSS per stalled connection: 300 clients send `GET /disk` (256 MiB) and never read. Measured
+/// once all of them are open and the response budget is back to zero (each stalled response
+/// gave its buffer back after the stall tick).
+fn stalled_rss(snap: &Snapshot, engine: &Engine) {
+    const N: usize = 300;
+    let srv = serve(snap, engine, 4096);
+    let mut warm = BenchClient::new(srv.addr, 4096);
+    warm.range(0, 4096);
+    drop(warm);
+    assert!(srv.wait_idle(Duration::from_secs(10)));
+    let base = rss_kib();
+    let conns: Vec<TcpStream> = (0..N)
+        .map(|_| {
+            let mut s = TcpStream::connect(srv.addr).unwrap();
+            s.write_all(b"GET /disk HTTP/1.1\r\nHost: b\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    let t = Instant::now();
+    let settled = http_support::wait_until(Duration::from_secs(60), || {
+        srv.active.load(std::sync::atomic::Ordering::SeqCst) == N && srv.metrics.budget.used() == 0
+    });
+    let kib = rss_kib();
+    println!(
+        "RSS per stalled connection ({N} clients asking for {} MiB and reading nothing): {:.1} KiB \
+         ({}settled in {:.1} s; response buffers in use: {} KiB)",
+        STREAM >> 20,
+        kib.saturating_sub(base) as f64 / N as f64,
+        if settled { "" } else { "NOT " },
+        t.elapsed().as_secs_f64(),
+        srv.metrics.budget.used() >> 10
+    );
+    drop(conns);
+}
+
+/// The budget costs nothing measurable when nothing stalls: 1 MiB hot ranges at 4 and 16
+/// connections against the default budget and against one no response ever waits for, best
+/// of three 2 s runs each, interleaved.
+fn budget_cost(hot: &Snapshot, engine: &Engine) {
+    println!("1 MiB hot ranges: default budget (256 MiB) vs unlimited, best of 3 interleaved runs");
+    let default = serve(hot, engine, 4096);
+    let unlimited = serve_budget(hot, engine, 4096, 1 << 50);
+    for conns in [4usize, 16] {
+        let (mut d, mut u) = (0f64, 0f64);
+        for _ in 0..3 {
+            for (srv, best) in [(&default, &mut d), (&unlimited, &mut u)] {
+                let addr = srv.addr;
+                let (b, _, _, t) = drive(conns, |_| {
+                    let mut c = BenchClient::new(addr, MIB);
+                    move |rng: &mut Rng| c.range(rng.below(HOT_REGION - MIB as u64), MIB as u64)
+                });
+                *best = best.max(mbps(b, t));
+            }
+        }
+        println!(
+            "  {conns:>2} conns: default {d:>7.0} MB/s   unlimited {u:>7.0} MB/s   ratio {:.3}",
+            d / u
+        );
+    }
 }

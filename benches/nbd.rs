@@ -6,7 +6,14 @@
 //!   block cache; the archive file itself is in the page cache) and hot;
 //! - 4 KiB random reads at queue depth 1 and 64 (hot): IOPS, p50, p99;
 //! - `nbdcopy` of the export to `null:` from hexzd, against `qemu-nbd -r` serving the raw image,
-//!   both over Unix sockets, with and without extents.
+//!   both over Unix sockets, with and without extents;
+//! - the response budget's cost when nothing stalls: sequential hot with the default budget
+//!   beside a budget too large to ever wait;
+//! - memory: RSS per idle connection after a burst (20 connections, 16 x 2 MiB READs each,
+//!   then idle past the handler reaping time) and per stalled connection (24 connections
+//!   with 4 x 32 MiB READs unread, once every one has given its buffers back).
+//!
+//! `cargo bench --bench nbd -- memory` runs only the memory section.
 //!
 //! Each figure is the best of `HEXZD_BENCH_RUNS` (default 3) runs: the machine is shared. The
 //! server runs in-process (`NbdService::serve_connection` on a thread per connection); the
@@ -81,9 +88,21 @@ fn open(archive: &Path) -> (Arc<Engine>, Snapshot) {
 struct Server {
     port: u16,
     socket: PathBuf,
+    metrics: Arc<Metrics>,
 }
 
 fn serve(engine: &Arc<Engine>, snap: &Snapshot, dir: &Path, tag: &str) -> Server {
+    let budget = hexzd::serving::budget::DEFAULT_BUFFER_MEMORY;
+    serve_budget(engine, snap, dir, tag, budget)
+}
+
+fn serve_budget(
+    engine: &Arc<Engine>,
+    snap: &Snapshot,
+    dir: &Path,
+    tag: &str,
+    budget: u64,
+) -> Server {
     let catalog = Catalog::new(
         vec![NamedSnapshot {
             name: "bench".into(),
@@ -92,11 +111,11 @@ fn serve(engine: &Arc<Engine>, snap: &Snapshot, dir: &Path, tag: &str) -> Server
         None,
     )
     .unwrap();
-    let metrics = Arc::new(Metrics::new(Arc::clone(&engine.metrics)));
+    let metrics = Arc::new(Metrics::with_budget(Arc::clone(&engine.metrics), budget));
     let svc = Arc::new(NbdService::new(
         NbdSettings::default(),
         Arc::new(CatalogHandle::new(catalog)),
-        metrics,
+        Arc::clone(&metrics),
     ));
     let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = tcp.local_addr().unwrap().port();
@@ -115,7 +134,11 @@ fn serve(engine: &Arc<Engine>, snap: &Snapshot, dir: &Path, tag: &str) -> Server
             std::thread::spawn(move || svc.serve_connection(Conn::Unix(s)));
         }
     });
-    Server { port, socket }
+    Server {
+        port,
+        socket,
+        metrics,
+    }
 }
 
 /// A pipelining client on one connection (simple replies).
@@ -358,6 +381,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
+    let only_memory = std::env::args().skip(1).any(|a| a == "memory");
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("bench.img");
     let archive = dir.path().join("bench.hxz");
@@ -375,6 +399,10 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
 
+    if only_memory {
+        memory(&archive, dir.path());
+        return;
+    }
     let transport = (0..runs)
         .map(|_| transport_ceiling(size))
         .fold(0f64, f64::max);
@@ -427,6 +455,27 @@ fn main() {
         pct(&mut tlat, 0.5),
         pct(&mut tlat, 0.99)
     );
+
+    // The budget when nothing stalls: sequential hot, default budget vs one never waited for.
+    {
+        let (engine, snap) = open(&archive);
+        ceiling(&snap, &seq, SEQ_DEPTH);
+        let default = serve(&engine, &snap, dir.path(), "budget-default");
+        let unlimited = serve_budget(&engine, &snap, dir.path(), "budget-unlimited", 1 << 50);
+        let (mut d, mut u) = (0f64, 0f64);
+        for _ in 0..runs {
+            for (srv, best) in [(&default, &mut d), (&unlimited, &mut u)] {
+                let mut c = Client::connect(srv.port);
+                let t = Instant::now();
+                c.run(&seq, SEQ_DEPTH);
+                *best = best.max(mbs(size, t.elapsed()));
+            }
+        }
+        println!(
+            "sequential  hot, budget 256 MiB {d:8.1} MB/s   unlimited {u:8.1} MB/s   ratio {:.3}",
+            d / u
+        );
+    }
 
     // Random 4 KiB, hot: the run with the best IOPS, for the ceiling and for NBD.
     let (engine, snap) = open(&archive);
@@ -513,5 +562,98 @@ fn main() {
     } else {
         println!("nbdcopy comparison skipped: nbdcopy or qemu-nbd not installed");
     }
+    memory(&archive, dir.path());
     println!("nbd bench: load average at end {}", loadavg());
+}
+
+/// This process's resident memory in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Sends `n` READs of `len` bytes (offsets `i * len`), then reads every reply into `scratch`.
+fn burst(c: &mut Client, n: usize, len: usize, scratch: &mut [u8]) {
+    for i in 0..n {
+        c.send(i as u64, (i * len) as u64, len);
+    }
+    for _ in 0..n {
+        let mut h = [0u8; SIMPLE_REPLY_LEN];
+        c.s.read_exact(&mut h).unwrap();
+        c.s.read_exact(&mut scratch[..len]).unwrap();
+    }
+}
+
+/// RSS per idle connection after a burst, and per stalled connection.
+fn memory(archive: &Path, dir: &Path) {
+    let (engine, snap) = open(archive);
+    let server = serve(&engine, &snap, dir, "memory");
+    let mut scratch = vec![0u8; 2 << 20];
+    // Warm: the cache holds what the bursts read; pool threads exist.
+    let mut c = Client::connect(server.port);
+    c.buf = Vec::new();
+    burst(&mut c, 16, 2 << 20, &mut scratch);
+    drop(c);
+    std::thread::sleep(Duration::from_millis(200));
+    let base = rss_kib();
+    let mut conns: Vec<Client> = (0..20)
+        .map(|_| {
+            let mut c = Client::connect(server.port);
+            c.buf = Vec::new();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let idle_before = rss_kib();
+    for c in &mut conns {
+        burst(c, 16, 2 << 20, &mut scratch);
+    }
+    let after = rss_kib();
+    // Past the reaping time of idle handlers.
+    std::thread::sleep(hexzd::nbd::transmission::HANDLER_IDLE + Duration::from_secs(1));
+    let reaped = rss_kib();
+    let per = |kib: u64, from: u64| kib.saturating_sub(from) as f64 / 20.0;
+    println!(
+        "RSS per idle NBD connection (20): {:.0} KiB before any request, {:.0} KiB right after a \
+         16 x 2 MiB burst, {:.0} KiB once idle {} s",
+        per(idle_before, base),
+        per(after, base),
+        per(reaped, base),
+        (hexzd::nbd::transmission::HANDLER_IDLE + Duration::from_secs(1)).as_secs()
+    );
+    drop(conns);
+    // The stalled READs below cover the first 64 MiB: have the cache hold them first, so the
+    // figure is the connections' cost, not the cache filling.
+    let mut c = Client::connect(server.port);
+    c.buf = Vec::new();
+    burst(&mut c, 32, 2 << 20, &mut scratch);
+    drop(c);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let base = rss_kib();
+    let mut stalled = Vec::new();
+    for _ in 0..24 {
+        let mut c = Client::connect(server.port);
+        c.buf = Vec::new();
+        for i in 0..4u64 {
+            c.send(i, (i % 2) * (32 << 20), 32 << 20);
+        }
+        stalled.push(c);
+    }
+    let t = Instant::now();
+    while server.metrics.budget.used() > 0 && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "RSS per stalled NBD connection (24, each with 4 x 32 MiB READs unread): {:.0} KiB \
+         (buffers given back after {:.1} s; in use now {} KiB)",
+        rss_kib().saturating_sub(base) as f64 / 24.0,
+        t.elapsed().as_secs_f64(),
+        server.metrics.budget.used() >> 10
+    );
+    drop(stalled);
 }

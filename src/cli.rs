@@ -29,6 +29,14 @@ pub enum Command {
     Cat(CatArgs),
     /// Check every block: CRC, decryption, decoding, BLAKE3, parent references.
     Verify(VerifyArgs),
+    /// Be OpenBMC's nbd-proxy: relay the NBD server on stdin/stdout to /dev/nbdX (or attach a
+    /// configuration's snapshot) and run the state hook. Also run as a link named nbd-proxy.
+    NbdProxy(NbdProxyArgs),
+    /// Attach a snapshot to a kernel NBD device (/dev/nbdX), read-only, until SIGTERM, SIGINT
+    /// or `hexzd detach`.
+    Attach(AttachArgs),
+    /// End the session on a kernel NBD device, as `nbd-client -d` does.
+    Detach(DetachArgs),
 }
 
 /// Where an encrypted archive's password comes from.
@@ -68,15 +76,48 @@ pub struct ServeArgs {
     /// Largest ranged HTTP response in bytes; 0 serves every range exactly (default 32 MiB).
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub max_range_bytes: Option<u64>,
-    /// Block cache size (e.g. 256MiB; 0 disables the cache).
+    /// Block cache size, e.g. 256MiB; 0 disables the cache. [default: 256MiB, or [cache]
+    /// memory in the config file]
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub cache: Option<u64>,
-    /// Decompression worker threads (0 = one per CPU).
-    #[arg(long)]
+    /// Decompression worker threads; 0 = one per CPU. [default: 0, or [cache] workers in the
+    /// config file]
+    #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// How long a stop (SIGTERM) lets in-flight requests finish before closing connections,
+    /// e.g. 10s, 500ms. [default: 10s, or [daemon] shutdown_timeout in the config file]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_timeout: Option<std::time::Duration>,
+    /// The protocol of sockets passed by socket activation without a name hexzd knows: one
+    /// fd from a generic activator (nbdinfo -- [ hexzd serve ... ]). systemd's sockets are
+    /// named by FileDescriptorName=http or nbd and need no flag.
+    #[arg(long, value_enum, value_name = "PROTOCOL")]
+    pub activated_protocol: Option<ActivatedProtocol>,
+    /// Validate the configuration (file and flags) and open every snapshot, then exit: 0 and
+    /// one summary line on stdout, or 1 and the error (for ExecReload= before SIGHUP).
+    #[arg(long, conflicts_with_all = ["stdio", "activated_protocol"])]
+    pub check_config: bool,
     /// Password file for encrypted archives given on the command line.
     #[command(flatten)]
     pub password: PasswordArgs,
+}
+
+/// `--activated-protocol` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ActivatedProtocol {
+    /// HTTP range server.
+    Http,
+    /// NBD server.
+    Nbd,
+}
+
+impl From<ActivatedProtocol> for crate::daemon::Protocol {
+    fn from(p: ActivatedProtocol) -> Self {
+        match p {
+            ActivatedProtocol::Http => crate::daemon::Protocol::Http,
+            ActivatedProtocol::Nbd => crate::daemon::Protocol::Nbd,
+        }
+    }
 }
 
 /// `hexzd pack`.
@@ -89,8 +130,8 @@ pub struct PackArgs {
     /// Block codec.
     #[arg(long, value_enum, default_value = "lz4")]
     pub compression: Codec,
-    /// Fixed block size (bytes; K/M suffixes allowed, e.g. 64K).
-    #[arg(long, value_name = "BYTES", value_parser = parse_size_u32, default_value = "65536")]
+    /// Fixed block size (bytes; K/M suffixes allowed, e.g. 64K; 512 to 16M).
+    #[arg(long, value_name = "BYTES", value_parser = parse_block_size, default_value = "65536")]
     pub block_size: u32,
     /// Raw input for the auxiliary ("memory") stream.
     #[arg(long, value_name = "FILE")]
@@ -187,10 +228,66 @@ pub struct VerifyArgs {
     pub password: PasswordArgs,
 }
 
-pub use crate::daemon::config::parse_size;
+pub use crate::daemon::config::{parse_duration, parse_size};
 
-fn parse_size_u32(s: &str) -> Result<u32, String> {
-    u32::try_from(parse_size(s)?).map_err(|_| format!("{s:?} is too large"))
+/// `hexzd nbd-proxy`.
+#[derive(Debug, Args)]
+pub struct NbdProxyArgs {
+    /// nbd-proxy configuration file (JSON).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/nbd-proxy/config.json"
+    )]
+    pub config: PathBuf,
+    /// State hook, run with `start NAME` and `stop NAME`.
+    #[arg(long, value_name = "FILE", default_value = "/etc/nbd-proxy/state")]
+    pub state_hook: PathBuf,
+    /// Print every configuration's metadata as one JSON line and exit.
+    #[arg(long)]
+    pub metadata: bool,
+    /// Configuration to use (default: the only one, or the one flagged "default").
+    pub configuration: Option<String>,
+}
+
+/// `hexzd attach`.
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Archive to attach.
+    pub archive: PathBuf,
+    /// NBD device, e.g. /dev/nbd0 (not in use).
+    pub device: PathBuf,
+    /// Stream to attach.
+    #[arg(long, value_enum, default_value = "main")]
+    pub stream: StreamArg,
+    /// Kernel per-request timeout in seconds (0: none; the server is this process).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub timeout: u32,
+    /// Password of an encrypted archive.
+    #[command(flatten)]
+    pub password: PasswordArgs,
+}
+
+/// `hexzd detach`.
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// NBD device, e.g. /dev/nbd0.
+    pub device: PathBuf,
+}
+
+/// A `--block-size`: out of range is a usage error (exit 2), like any bad argument.
+fn parse_block_size(s: &str) -> Result<u32, String> {
+    let range = crate::pack::MIN_BLOCK_SIZE..=crate::format::MAX_BLOCK_LEN;
+    u32::try_from(parse_size(s)?)
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            format!(
+                "{s:?} is out of range ({} to {} bytes)",
+                range.start(),
+                range.end()
+            )
+        })
 }
 
 #[cfg(test)]

@@ -29,6 +29,16 @@ pub fn init(default: log::LevelFilter) {
     let _ = b.try_init();
 }
 
+/// Prints a fatal error line (what `main` reports before exiting 1) on stderr, with the `err`
+/// priority prefix when stderr is the journal.
+pub fn fatal(line: &str) {
+    if under_journald() {
+        eprintln!("<3>{line}");
+    } else {
+        eprintln!("{line}");
+    }
+}
+
 /// syslog priority of a log level.
 fn priority(level: log::Level) -> u8 {
     match level {

@@ -8,6 +8,10 @@ use hexzd::cli::{Cli, Command};
 use hexzd::commands;
 
 fn main() -> ExitCode {
+    // Invoked as `nbd-proxy` (a link): the original's command line and messages.
+    if let Some(status) = commands::nbd_proxy::dispatch_argv0() {
+        return ExitCode::from(status);
+    }
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_)) {
         hexzd::logging::init(log::LevelFilter::Warn);
@@ -21,6 +25,9 @@ fn main() -> ExitCode {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Cat(a) => commands::cat::run(a),
         Command::Verify(a) => commands::verify::run(a),
+        Command::NbdProxy(a) => return ExitCode::from(commands::nbd_proxy::run(a)),
+        Command::Attach(a) => return ExitCode::from(commands::attach::attach(a)),
+        Command::Detach(a) => return ExitCode::from(commands::attach::detach(a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -30,7 +37,7 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("hexzd: {e}");
+            hexzd::logging::fatal(&format!("hexzd: {e}"));
             ExitCode::FAILURE
         }
     }

@@ -81,6 +81,14 @@ fn cat_offset_and_length_slices_equal_the_raw_input() {
                     args.push(l.to_string());
                 }
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                // A range that ends past the end is an error, never a short output.
+                if length.is_some_and(|l| offset.checked_add(l).is_none_or(|e| e > size)) {
+                    let mut cmd = hexzd();
+                    let o = run(cmd.arg("cat").arg(fixture(f.archive)).args(&args));
+                    let err = common::assert_clean_failure(&o, "range past the end");
+                    assert!(err.contains("past the end"), "{err}");
+                    continue;
+                }
                 let got = cat(f, &args);
                 let start = usize::try_from(offset.min(size)).expect("usize");
                 let end = usize::try_from(length.map_or(size, |l| offset.saturating_add(l)))
@@ -106,6 +114,26 @@ fn cat_offset_past_the_end_is_a_clear_error() {
         .args(["--offset", "1081"]));
     let err = common::assert_clean_failure(&o, "offset past end");
     assert!(err.contains("past the end"), "{err}");
+}
+
+#[test]
+fn cat_length_past_the_end_is_an_error_like_an_offset_past_the_end() {
+    // hello.txt has 1080 bytes: 1000 + 100 ends past it; 1000 + 80 ends exactly at it.
+    let o = run(hexzd()
+        .arg("cat")
+        .arg(fixture("hello-lz4.hxz"))
+        .args(["--offset", "1000", "--length", "100"]));
+    let err = common::assert_clean_failure(&o, "length past end");
+    assert!(
+        err.contains("offset 1000 + length 100 is past the end"),
+        "{err}"
+    );
+    assert!(o.stdout.is_empty());
+    let f = FIXTURES
+        .iter()
+        .find(|f| f.archive == "hello-lz4.hxz")
+        .expect("fixture");
+    assert_eq!(cat(f, &["--offset", "1000", "--length", "80"]).len(), 80);
 }
 
 #[test]

@@ -37,8 +37,18 @@ pub fn run(args: &CatArgs) -> Result<(), CommandError> {
             args.offset
         )));
     }
+    // Past the end is an error whether the offset or the length gets there: never a
+    // quietly short output.
     let end = match args.length {
-        Some(l) => args.offset.saturating_add(l).min(size),
+        Some(l) => match args.offset.checked_add(l) {
+            Some(end) if end <= size => end,
+            _ => {
+                return Err(CommandError::Invalid(format!(
+                    "offset {} + length {l} is past the end of the {stream} stream ({size} bytes)",
+                    args.offset
+                )));
+            }
+        },
         None => size,
     };
     let stdout = io::stdout();

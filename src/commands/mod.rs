@@ -2,8 +2,10 @@
 //! and prints the result. Failures come back as [`CommandError`], which `main` prints as one
 //! line and maps to exit status 1.
 
+pub mod attach;
 pub mod cat;
 pub mod inspect;
+pub mod nbd_proxy;
 pub mod pack;
 pub mod serve;
 pub mod verify;

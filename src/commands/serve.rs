@@ -5,9 +5,12 @@ use super::CommandError;
 use crate::cli::ServeArgs;
 use crate::daemon::{self, Options, Overrides};
 
-/// Runs `hexzd serve`.
+/// Runs `hexzd serve` (`--check-config` prints its verdict on stdout).
 pub fn run(args: &ServeArgs) -> Result<(), CommandError> {
-    Ok(daemon::run(options(args))?)
+    if let Some(summary) = daemon::run(options(args))? {
+        println!("hexzd: {summary}");
+    }
+    Ok(())
 }
 
 /// The daemon's options for `args`. `--http off` and `--nbd off` turn a protocol off; an
@@ -26,10 +29,13 @@ fn options(args: &ServeArgs) -> Options {
             max_range_bytes: args.max_range_bytes,
             cache_memory: args.cache,
             workers: args.workers,
+            shutdown_timeout: args.shutdown_timeout,
             archives: args.archives.clone(),
             password_file: args.password.password_file.clone(),
         },
         stdio: args.stdio,
+        check_config: args.check_config,
+        activated_protocol: args.activated_protocol.map(Into::into),
     }
 }
 

@@ -12,11 +12,14 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use super::clients::ClientCounts;
+use super::drain::OpenConns;
 use super::listener::{Listener, Protocol};
 use super::shutdown::Shutdown;
+use super::watchdog::Probe;
 use crate::http::HttpService;
 use crate::nbd::NbdService;
-use crate::serving::{Conn, Metrics, ProtoMetrics};
+use crate::serving::{Conn, Metrics, ProtoMetrics, RateLog};
 
 /// Stack size of connection threads. Connection state lives on the heap; a small stack keeps
 /// thousands of idle connections cheap.
@@ -93,15 +96,25 @@ pub struct AcceptLoop {
     pub metrics: Arc<Metrics>,
     /// Shared connection sequence number, for thread names.
     pub seq: Arc<AtomicU64>,
+    /// Open connections per client, shared by the protocol's listeners.
+    pub clients: Arc<ClientCounts>,
     /// Ends the loop when triggered.
     pub shutdown: Arc<Shutdown>,
+    /// Every open connection, for the graceful stop (`drain`).
+    pub open: Arc<OpenConns>,
+    /// The watchdog's liveness check of this loop.
+    pub probe: Arc<Probe>,
 }
 
-/// Decrements the active-connection gauge when a connection thread ends, however it ends.
-struct ActiveGuard(Arc<Metrics>, Service);
+/// When a connection thread ends, however it ends: forgets the connection in [`OpenConns`]
+/// and decrements the active-connection gauge.
+struct ActiveGuard(Arc<Metrics>, Service, Arc<OpenConns>, Option<u64>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
+        if let Some(id) = self.3 {
+            self.2.remove(id);
+        }
         ProtoMetrics::sub(&self.1.counters(&self.0).connections_active, 1);
     }
 }
@@ -127,17 +140,23 @@ fn accept_loop(listener: &Listener, cfg: &AcceptLoop) {
         let mut fds = [
             PollFd::new(listener.poll_fd(), PollFlags::POLLIN),
             PollFd::new(cfg.shutdown.wake_fd(), PollFlags::POLLIN),
+            PollFd::new(cfg.probe.fd(), PollFlags::POLLIN),
         ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
+        let probed = match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => fds[2].any().unwrap_or(false),
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {
                 log::error!("{proto} accept loop: poll failed: {e}");
                 std::thread::sleep(EXHAUSTED_BACKOFF);
                 continue;
             }
-        }
+        };
         if cfg.shutdown.is_triggered() {
+            break;
+        }
+        if probed && !cfg.probe.answer(listener.poll_fd()) {
+            // Test hook: behave as a wedged loop (no answers, no accepts) until shutdown.
+            cfg.shutdown.wait();
             break;
         }
         // Drain the backlog: the listener is non-blocking.
@@ -177,15 +196,39 @@ fn accept_loop(listener: &Listener, cfg: &AcceptLoop) {
                 cfg.service.reject(conn);
                 continue;
             }
+            let mut guard = ActiveGuard(
+                Arc::clone(&cfg.metrics),
+                cfg.service.clone(),
+                Arc::clone(&cfg.open),
+                None,
+            );
+            let slot = match cfg.clients.admit(conn.client_id()) {
+                Ok(slot) => slot,
+                Err(over) => {
+                    ProtoMetrics::add(&m.connections_rejected_per_client, 1);
+                    if let Some(n) = m.per_client_log.ready() {
+                        log::warn!(
+                            "{proto} connection from {} refused: it has {} connections open \
+                             ([limits] max_connections_per_client){}",
+                            over.client,
+                            over.limit,
+                            RateLog::suffix(n)
+                        );
+                    }
+                    drop(guard);
+                    cfg.service.reject(conn);
+                    continue;
+                }
+            };
             ProtoMetrics::add(&m.connections_total, 1);
-            let guard = ActiveGuard(Arc::clone(&cfg.metrics), cfg.service.clone());
+            guard.3 = cfg.open.register(&conn);
             let service = cfg.service.clone();
             let n = cfg.seq.fetch_add(1, Ordering::Relaxed);
             let spawned = std::thread::Builder::new()
                 .name(format!("{}-{n}", cfg.service.thread_prefix()))
                 .stack_size(CONN_STACK_SIZE)
                 .spawn(move || {
-                    let _guard = guard;
+                    let _guard = (guard, slot);
                     service.serve(conn);
                 });
             if let Err(e) = spawned {

@@ -30,6 +30,8 @@ use crate::store::{EngineConfig, RemoteConfig};
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 /// Default NBD listen address.
 pub const DEFAULT_NBD: &str = "127.0.0.1:10809";
+/// Default `[daemon] shutdown_timeout`: below the unit's `TimeoutStopSec=30s`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest timeout the config accepts.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Most decompression workers the config accepts.
@@ -117,6 +119,59 @@ impl CacheConfig {
     }
 }
 
+/// `max_connections_per_client` when the file does not set it: this many connections per
+/// remote peer address, no cap for loopback and Unix-socket peers (README "Limits" says why).
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 64;
+
+/// How many connections one client may have open per protocol (`[limits]
+/// max_connections_per_client`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerClientCap {
+    /// Connections per client; 0 = no cap.
+    pub limit: usize,
+    /// Loopback and Unix-socket peers are not capped (the default when the key is absent).
+    pub local_exempt: bool,
+}
+
+impl PerClientCap {
+    /// The cap that applies to `client`, if any.
+    pub fn for_client(self, client: crate::serving::ClientId) -> Option<usize> {
+        (self.limit > 0 && !(self.local_exempt && client.is_local())).then_some(self.limit)
+    }
+}
+
+/// `[limits]`: what clients together, and each client, can make the daemon hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Bytes of response buffers (HTTP bodies, NBD replies) in flight at once.
+    pub buffer_memory: u64,
+    /// Connections per client, per protocol.
+    pub max_connections_per_client: PerClientCap,
+    /// Time a response may make no progress before its connection is closed (HTTP and NBD;
+    /// also in their settings, where the front ends read it).
+    pub send_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            buffer_memory: crate::serving::budget::DEFAULT_BUFFER_MEMORY,
+            max_connections_per_client: PerClientCap {
+                limit: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+                local_exempt: true,
+            },
+            send_timeout: crate::serving::budget::DEFAULT_SEND_TIMEOUT,
+        }
+    }
+}
+
+/// `[daemon]`: the lifecycle's own settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// How long a graceful stop waits for in-flight requests before cutting connections.
+    pub shutdown_timeout: Duration,
+}
+
 /// One snapshot to serve: a `[[snapshot]]` of the file or an archive argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotConfig {
@@ -143,6 +198,10 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Remote archives: `[s3]`, `[remote]` and `[cache] disk` (S3 credentials read here).
     pub remote: RemoteConfig,
+    /// Memory and per-client limits.
+    pub limits: LimitsConfig,
+    /// Lifecycle settings.
+    pub daemon: DaemonConfig,
     /// Snapshots: the file's in file order, then the command line's.
     pub snapshots: Vec<SnapshotConfig>,
 }
@@ -168,6 +227,10 @@ impl Default for Config {
                 workers: engine.workers,
             },
             remote: RemoteConfig::default(),
+            limits: LimitsConfig::default(),
+            daemon: DaemonConfig {
+                shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            },
             snapshots: Vec::new(),
         }
     }

@@ -1,7 +1,7 @@
 //! Listening sockets, and where they come from: [`obtain`] is the one step that turns the
-//! configuration into `(Protocol, Listener)` pairs. Today it binds the configured addresses;
-//! socket activation (systemd.md) plugs in here, as a second source of listeners (inherited
-//! fds, identified by name) beside binding. The accept loops that serve them are `accept`.
+//! configuration and the sockets systemd passed (`activation`) into `(Protocol, Listener)`
+//! pairs. A protocol with passed sockets serves those and binds none of its configured
+//! addresses; the others bind theirs. The accept loops that serve them are `accept`.
 
 use std::io;
 use std::net::{TcpListener, ToSocketAddrs};
@@ -28,6 +28,14 @@ pub enum ListenError {
         #[source]
         source: io::Error,
     },
+    /// Sockets passed by systemd (or another activator) cannot be used.
+    #[error("socket activation: {0}")]
+    Activation(String),
+    /// Both protocols are off and no socket was passed: there would be nothing to serve on.
+    #[error(
+        "nothing to listen on: HTTP and NBD are both off (give --http ADDR or --nbd ADDR, a listen address in the config file, or sockets through systemd socket activation)"
+    )]
+    Nothing,
 }
 
 /// Which protocol a listener serves (never inferred from the port). The closed set of front
@@ -50,26 +58,37 @@ impl Protocol {
     }
 }
 
-/// The listeners `config` asks for, bound, in config order: HTTP addresses, NBD addresses, NBD
-/// Unix sockets. Everything is bound before anything is served, so a bad address fails
-/// start-up cleanly.
-///
-/// Hook: socket activation adds its inherited sockets here (and skips binding what they
-/// replace); a reload never calls this again, so activated or bound sockets stay as they are.
-pub fn obtain(config: &Config) -> Result<Vec<(Protocol, Listener)>, ListenError> {
-    let mut listeners = Vec::new();
-    for a in &config.http.listen {
-        for l in Listener::bind_tcp(a)? {
-            listeners.push((Protocol::Http, l));
+/// The listeners to serve: `passed` (socket activation, already adopted), then, for each
+/// protocol without a passed socket, the configured ones bound in config order (HTTP
+/// addresses, NBD addresses, NBD Unix sockets). Everything is ready before anything is
+/// served, so a bad address fails start-up cleanly; no listener at all is an error too. A
+/// reload never calls this again, so activated or bound sockets stay as they are.
+pub fn obtain(
+    config: &Config,
+    passed: Vec<(Protocol, Listener)>,
+) -> Result<Vec<(Protocol, Listener)>, ListenError> {
+    let has = |p: Protocol| passed.iter().any(|(q, _)| *q == p);
+    let (http_passed, nbd_passed) = (has(Protocol::Http), has(Protocol::Nbd));
+    let mut listeners = passed;
+    if !http_passed {
+        for a in &config.http.listen {
+            for l in Listener::bind_tcp(a)? {
+                listeners.push((Protocol::Http, l));
+            }
         }
     }
-    for a in &config.nbd.listen {
-        for l in Listener::bind_tcp(a)? {
-            listeners.push((Protocol::Nbd, l));
+    if !nbd_passed {
+        for a in &config.nbd.listen {
+            for l in Listener::bind_tcp(a)? {
+                listeners.push((Protocol::Nbd, l));
+            }
+        }
+        for p in &config.nbd.unix {
+            listeners.push((Protocol::Nbd, Listener::bind_unix(p)?));
         }
     }
-    for p in &config.nbd.unix {
-        listeners.push((Protocol::Nbd, Listener::bind_unix(p)?));
+    if listeners.is_empty() {
+        return Err(ListenError::Nothing);
     }
     Ok(listeners)
 }
@@ -79,8 +98,9 @@ pub fn obtain(config: &Config) -> Result<Vec<(Protocol, Listener)>, ListenError>
 pub enum Listener {
     /// TCP.
     Tcp(TcpListener),
-    /// Unix stream socket, with the path to remove at exit.
-    Unix(UnixListener, PathBuf),
+    /// Unix stream socket, with the path to remove at exit (`None`: a passed socket, whose
+    /// file belongs to whoever created it).
+    Unix(UnixListener, Option<PathBuf>),
 }
 
 impl Listener {
@@ -95,21 +115,25 @@ impl Listener {
             })?
             .collect();
         let mut out = Vec::new();
-        let mut last_err = None;
+        let mut failed = Vec::new();
         for a in &addrs {
             match TcpListener::bind(a) {
                 Ok(l) => out.push(Listener::Tcp(l)),
-                Err(e) => {
-                    log::warn!("cannot listen on {a} (from {addr}): {e}");
-                    last_err = Some(e);
-                }
+                Err(e) => failed.push((a, e)),
             }
         }
         if out.is_empty() {
+            // One line: the error says it all (a port in use is not also a warning).
             return Err(ListenError::Bind {
                 addr: addr.to_string(),
-                source: last_err.unwrap_or_else(|| io::Error::other("address resolved to nothing")),
+                source: failed
+                    .pop()
+                    .map_or_else(|| io::Error::other("address resolved to nothing"), |f| f.1),
             });
+        }
+        // Some addresses bound (say IPv4 but not IPv6): serve those, and say what is missing.
+        for (a, e) in failed {
+            log::warn!("cannot listen on {a} (from {addr}): {e}");
         }
         Ok(out)
     }
@@ -129,7 +153,7 @@ impl Listener {
             }
         }
         UnixListener::bind(path)
-            .map(|l| Listener::Unix(l, path.to_path_buf()))
+            .map(|l| Listener::Unix(l, Some(path.to_path_buf())))
             .map_err(err)
     }
 
@@ -144,7 +168,14 @@ impl Listener {
             Listener::Tcp(l) => l
                 .local_addr()
                 .map_or_else(|_| "unknown".into(), |a| a.to_string()),
-            Listener::Unix(_, p) => format!("unix {}", p.display()),
+            Listener::Unix(_, Some(p)) => format!("unix {}", p.display()),
+            Listener::Unix(l, None) => match l.local_addr() {
+                Ok(a) => match a.as_pathname() {
+                    Some(p) => format!("unix {}", p.display()),
+                    None => "unix (unnamed)".into(),
+                },
+                Err(_) => "unix".into(),
+            },
         }
     }
 
@@ -178,7 +209,7 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Listener::Unix(_, p) = self {
+        if let Listener::Unix(_, Some(p)) = self {
             let _ = std::fs::remove_file(p);
         }
     }

@@ -9,29 +9,44 @@
 //! - `runtime`: [`runtime::Runtime`], the lifecycle: start, the run loop over
 //!   [`runtime::Event`]s, stop and drain, and the hook points for sd_notify, the watchdog and
 //!   `[[attach]]`.
-//! - `listener`: listening sockets and where they come from ([`listener::obtain`]: bind today,
-//!   socket activation next).
+//! - `listener`: listening sockets and where they come from ([`listener::obtain`]: the
+//!   sockets systemd passed, `activation`, else bind).
 //! - `accept`: one accept loop per listener, the connection caps, and [`accept::Service`], the
-//!   closed set of front ends a connection is handed to.
+//!   closed set of front ends a connection is handed to; `clients` counts connections per
+//!   client for the per-client cap.
 //! - `signals`: the signal thread, which only forwards signals to the run loop as events.
 //! - `reload`: the reload worker thread (SIGHUP), which re-reads the config and swaps the
 //!   catalog.
-//! - `shutdown`: the shutdown flag and wake-up pipe the accept loops poll.
+//! - `shutdown`: the shutdown flag and wake-up pipe the accept loops poll; `drain`: the
+//!   graceful stop of open connections within `[daemon] shutdown_timeout`.
+//! - systemd (systemd.md): `sd_env` takes the service manager's variables out of the
+//!   environment first thing; `notify` speaks sd_notify; `watchdog` pings only while every
+//!   accept loop answers; `activation` adopts passed sockets; `limits` raises `RLIMIT_NOFILE`
+//!   and fits the connection caps to the limits.
 
 pub mod accept;
+pub mod activation;
+pub mod clients;
 pub mod config;
+pub mod drain;
+pub mod limits;
 pub mod listener;
+pub mod notify;
 pub mod reload;
 pub mod runtime;
+pub mod sd_env;
 pub mod shutdown;
 pub mod signals;
 pub mod snapshots;
+pub mod watchdog;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub use config::{Config, ConfigError, Overrides};
 pub use listener::{ListenError, Protocol};
 pub use runtime::{Event, Runtime};
+pub use sd_env::SystemdEnv;
 pub use shutdown::Shutdown;
 
 use crate::serving::CatalogError;
@@ -70,16 +85,79 @@ pub struct Options {
     pub overrides: Overrides,
     /// Serve one NBD session on stdin/stdout instead of listening.
     pub stdio: bool,
+    /// `--check-config`: validate the config and open every snapshot, then exit.
+    pub check_config: bool,
+    /// `--activated-protocol`: what passed sockets without a known name serve.
+    pub activated_protocol: Option<Protocol>,
 }
 
-/// Runs `hexzd serve`: validates the configuration, opens the snapshots, obtains the
-/// listeners, and serves until SIGINT or SIGTERM.
-pub fn run(options: Options) -> Result<(), DaemonError> {
-    let config = Config::load(options.config_file.as_deref(), &options.overrides)?;
-    let runtime = Runtime::start(config)?;
+/// Runs `hexzd serve`: takes systemd's variables out of the environment, validates the
+/// configuration, opens the snapshots, obtains the listeners, and serves until SIGINT or
+/// SIGTERM. With `check_config`, stops after opening the snapshots and returns the summary.
+///
+/// Must be called while the process has a single thread (first thing in `main`'s `serve`):
+/// it edits the environment ([`SystemdEnv::take`]).
+pub fn run(options: Options) -> Result<Option<String>, DaemonError> {
+    let env = SystemdEnv::take();
+    if options.check_config {
+        return check_config(&options).map(Some);
+    }
+    let notifier = Arc::new(notify::Notifier::new(env.notify_socket.as_deref()));
+    let result = serve(options, &env, &notifier);
+    if let Err(e) = &result {
+        notifier.send(&notify::status(&format!("failed to start: {e}")));
+    }
+    result.map(|()| None)
+}
+
+fn serve(
+    options: Options,
+    env: &SystemdEnv,
+    notifier: &Arc<notify::Notifier>,
+) -> Result<(), DaemonError> {
+    let nofile = limits::raise_nofile();
+    let mut config = Config::load(options.config_file.as_deref(), &options.overrides)?;
+    if let Some(notice) = limits::fit(&mut config, nofile, limits::task_limit()) {
+        log::warn!("{notice}");
+    }
+    let passed = if options.stdio {
+        Vec::new()
+    } else {
+        activation::plan(env, std::process::id(), options.activated_protocol)?
+    };
+    // Adopt the passed sockets before anything can open a descriptor that a failed start
+    // would leave behind; they are checked here, so a wrong fd fails start-up at once.
+    let passed = activation::adopt(&passed)?;
+    let runtime = Runtime::start(config, Arc::clone(notifier))?;
     if options.stdio {
         return runtime.serve_stdio();
     }
-    let listeners = listener::obtain(runtime.config())?;
-    runtime.run(listeners, options.config_file, options.overrides)
+    let listeners = listener::obtain(runtime.config(), passed)?;
+    let watchdog = watchdog::interval(
+        env.watchdog_usec.as_deref(),
+        env.watchdog_pid.as_deref(),
+        std::process::id(),
+    );
+    runtime.run(listeners, options.config_file, options.overrides, watchdog)
+}
+
+/// `serve --check-config`: the config as `serve` would run it, and every snapshot opened
+/// (with one worker and no cache); returns the summary line.
+fn check_config(options: &Options) -> Result<String, DaemonError> {
+    let config = Config::load(options.config_file.as_deref(), &options.overrides)?;
+    let engine = crate::store::Engine::new(crate::store::EngineConfig {
+        cache_bytes: 0,
+        workers: 1,
+        ..crate::store::EngineConfig::default()
+    })
+    .map_err(DaemonError::Start)?;
+    let catalog = snapshots::open_catalog(&config.snapshots, &engine)?;
+    let what = config
+        .file
+        .as_ref()
+        .map_or_else(|| "command line".to_string(), |f| f.display().to_string());
+    Ok(format!(
+        "{what}: configuration OK; {}",
+        snapshots::describe(&catalog)
+    ))
 }

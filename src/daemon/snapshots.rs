@@ -15,8 +15,19 @@ pub fn open_catalog(
     snapshots: &[SnapshotConfig],
     engine: &Arc<Engine>,
 ) -> Result<Catalog, DaemonError> {
+    open_catalog_with(snapshots, engine, |_, _| {})
+}
+
+/// [`open_catalog`], calling `before_each(i, snapshot)` before opening each one (start-up
+/// uses it to extend systemd's start timeout while a slow set opens).
+pub fn open_catalog_with(
+    snapshots: &[SnapshotConfig],
+    engine: &Arc<Engine>,
+    mut before_each: impl FnMut(usize, &SnapshotConfig),
+) -> Result<Catalog, DaemonError> {
     let mut entries = Vec::with_capacity(snapshots.len());
-    for s in snapshots {
+    for (i, s) in snapshots.iter().enumerate() {
+        before_each(i, s);
         let options = OpenOptions {
             password: s.password.as_ref().map(|p| p.expose().to_vec()),
             index_only: false,

@@ -67,7 +67,7 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
 }
 
 fn proto(out: &mut String, proto: &str, m: &ProtoMetrics) {
-    let rows: [(&str, &str, &str, &AtomicU64); 7] = [
+    let rows: [(&str, &str, &str, &AtomicU64); 9] = [
         (
             "connections_total",
             "counter",
@@ -109,6 +109,18 @@ fn proto(out: &mut String, proto: &str, m: &ProtoMetrics) {
             "counter",
             "Protocol errors that closed a connection.",
             &m.protocol_errors,
+        ),
+        (
+            "connections_rejected_per_client_total",
+            "counter",
+            "Connections refused because their client was at max_connections_per_client.",
+            &m.connections_rejected_per_client,
+        ),
+        (
+            "send_timeouts_total",
+            "counter",
+            "Connections closed because the client read nothing for the send timeout.",
+            &m.send_timeouts,
         ),
     ];
     for (name, kind, help, v) in rows {
@@ -206,6 +218,36 @@ pub(super) fn metrics_text(svc: &HttpService, catalog: &Catalog) -> Vec<u8> {
         get(&svc.corrupt_blocks),
     );
     proto(&mut out, "nbd", &m.nbd);
+    let b = &m.budget;
+    let budget: [(&str, &str, &str, u64); 4] = [
+        (
+            "buffer_memory_bytes",
+            "gauge",
+            "The response-buffer budget ([limits] buffer_memory).",
+            b.total(),
+        ),
+        (
+            "buffer_memory_used_bytes",
+            "gauge",
+            "Bytes of response buffers (HTTP bodies, NBD replies) held now.",
+            b.used(),
+        ),
+        (
+            "buffer_memory_waits_total",
+            "counter",
+            "Buffer requests that waited because the budget was in use.",
+            get(&b.waits),
+        ),
+        (
+            "buffer_memory_timeouts_total",
+            "counter",
+            "Buffer requests that gave up waiting (the request failed: HTTP 503, NBD EIO).",
+            get(&b.timeouts),
+        ),
+    ];
+    for (name, kind, help, v) in budget {
+        metric(&mut out, &format!("hexzd_{name}"), kind, help, v);
+    }
     let s = &m.store;
     let store: [(&str, &str, &AtomicU64); 5] = [
         (

@@ -4,15 +4,24 @@
 //! buffer, so a body that fits in one buffer is read completely before anything is sent and a
 //! read error in it is still a clean 500; an error after the head means the connection must
 //! close, never a short body on a kept-alive connection.
+//!
+//! Memory: the buffer is a [`Buffer`] of the response budget. When the client stops reading
+//! (a write makes no progress for a stall tick) the buffer is given back at once, and the body
+//! is produced again from where the socket stopped once the client reads again: a body is a
+//! pure function of its plan and a position, so a stalled connection holds no buffer at all.
 
 use std::io::{self, IoSlice, Write};
+use std::time::Duration;
 
 use super::response::{Piece, Plan};
-use crate::serving::write_all_vectored;
+use crate::serving::conn::{self, WaitWritable, Wrote};
+use crate::serving::{Budget, Buffer};
 use crate::store::StoreError;
 
 /// Largest body buffer per connection: bodies are produced in chunks of at most this size.
 pub const MAX_CHUNK: usize = 1 << 20;
+/// Smallest chunk taken when the budget is short (rather than waiting for a full one).
+pub const MIN_CHUNK: usize = 64 << 10;
 
 /// A failure while sending a streamed body.
 #[derive(Debug)]
@@ -22,108 +31,138 @@ pub(super) enum SendError {
     Early(StoreError),
     /// A storage read failed after the head was written: the connection must close.
     Late(StoreError),
-    /// The socket failed.
+    /// No buffer memory came within the send timeout before anything was written: a 503 can
+    /// still be sent.
+    Busy,
+    /// The socket failed, or the client read nothing for the send timeout.
     Io(io::Error),
 }
 
 /// Fills a buffer with stream bytes from an offset; the whole buffer or an error.
 pub(super) type ReadAt<'a> = dyn FnMut(u64, &mut [u8]) -> Result<(), StoreError> + 'a;
 
+/// Where a body's buffers come from and how long a client may stall it.
+pub(super) struct Sending<'b, 'c> {
+    /// The response budget.
+    pub budget: &'b Budget,
+    /// The connection's buffer, kept by the caller for the next response.
+    pub buf: &'c mut Buffer<'b>,
+    /// Time without progress (writing, or waiting for buffer memory) before giving up.
+    pub send_timeout: Duration,
+}
+
 /// Writes `head` and the body described by `plan` to `w`, reading stream bytes with `read`
-/// (which fills its whole buffer or fails) into `buf` (grown to `min(plan.len, MAX_CHUNK)` if
-/// smaller, and kept by the caller for the next response). `prefetch(offset, len)`, when
-/// given, is told about the next chunk of a long range before the current one is written, so
-/// its blocks decode while the socket drains. Returns the body bytes written.
-pub(super) fn send<W: Write>(
+/// (which fills its whole buffer or fails) into the buffer of `s` (grown to
+/// `min(plan.len, MAX_CHUNK)` if smaller). `prefetch(offset, len)`, when given, is told about
+/// the next chunk of a long range before the current one is written, so its blocks decode
+/// while the socket drains. Returns the body bytes written.
+pub(super) fn send<W: Write + WaitWritable>(
     w: &mut W,
-    buf: &mut Vec<u8>,
+    s: Sending<'_, '_>,
     head: Vec<u8>,
     plan: &Plan,
     read: &mut ReadAt<'_>,
     mut prefetch: Option<&mut dyn FnMut(u64, u64)>,
 ) -> Result<u64, SendError> {
-    let cap = usize::try_from(plan.len)
-        .unwrap_or(MAX_CHUNK)
-        .clamp(1, MAX_CHUNK);
-    if buf.len() < cap {
-        *buf = vec![0; cap];
+    let mut head_sent = 0usize;
+    let mut pos = 0u64;
+    if plan.len == 0 {
+        conn::write_all_timed(w, &mut [IoSlice::new(&head)], s.send_timeout)
+            .map_err(SendError::Io)?;
+        return Ok(0);
     }
-    let buf = &mut buf[..cap];
-    let mut out = Out {
-        w,
-        head: Some(head),
-        sent: 0,
-    };
-    let mut fill = 0usize;
+    while pos < plan.len {
+        let want = usize::try_from(plan.len - pos)
+            .unwrap_or(MAX_CHUNK)
+            .min(MAX_CHUNK);
+        let Some(granted) = s
+            .buf
+            .ensure(s.budget, want, MIN_CHUNK.min(want), s.send_timeout)
+        else {
+            return Err(if head_sent == 0 {
+                SendError::Busy
+            } else {
+                SendError::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no response buffer memory within the send timeout",
+                ))
+            });
+        };
+        let n = granted.min(want);
+        let chunk = &mut s.buf.bytes_mut()[..n];
+        let next = match fill(plan, pos, chunk, read) {
+            Ok(next) => next,
+            Err(e) if head_sent == 0 => return Err(SendError::Early(e)),
+            Err(e) => return Err(SendError::Late(e)),
+        };
+        if let (Some(p), Some((off, left))) = (prefetch.as_mut(), next) {
+            p(off, left.min(n as u64));
+        }
+        let slices = &mut [IoSlice::new(&head[head_sent..]), IoSlice::new(chunk)];
+        let tick = conn::stall_tick(s.send_timeout);
+        match conn::write_or_stall(w, slices, tick).map_err(SendError::Io)? {
+            Wrote::All => {
+                head_sent = head.len();
+                pos += n as u64;
+            }
+            Wrote::Stalled { written } => {
+                let h = written.min(head.len() - head_sent);
+                head_sent += h;
+                pos += (written - h) as u64;
+                // The client stopped reading: give the buffer back while it does not.
+                s.buf.release();
+                conn::wait_after_stall(w, s.send_timeout).map_err(SendError::Io)?;
+            }
+        }
+    }
+    Ok(pos)
+}
+
+/// Fills `dst` with the body bytes of `plan` from body position `pos`. Returns where the
+/// stream data continues after `dst` (stream offset and bytes left of that range) when `dst`
+/// ends inside a stream range.
+fn fill(
+    plan: &Plan,
+    pos: u64,
+    dst: &mut [u8],
+    read: &mut ReadAt<'_>,
+) -> Result<Option<(u64, u64)>, StoreError> {
+    let mut at = 0u64;
+    let mut pos = pos;
+    let mut filled = 0usize;
     for piece in &plan.pieces {
+        let len = match piece {
+            Piece::Text(t) => t.len() as u64,
+            Piece::Data(r) => r.len(),
+        };
+        if pos >= at + len {
+            at += len;
+            continue;
+        }
+        let skip = pos - at;
+        let room = dst.len() - filled;
+        let k = usize::try_from(len - skip).unwrap_or(usize::MAX).min(room);
+        let out = &mut dst[filled..filled + k];
         match piece {
             Piece::Text(t) => {
-                let mut t = t.as_slice();
-                while !t.is_empty() {
-                    let k = t.len().min(cap - fill);
-                    buf[fill..fill + k].copy_from_slice(&t[..k]);
-                    fill += k;
-                    t = &t[k..];
-                    if fill == cap {
-                        out.flush(buf)?;
-                        fill = 0;
-                    }
-                }
+                let from = usize::try_from(skip).unwrap_or(usize::MAX);
+                out.copy_from_slice(&t[from..from + k]);
             }
-            Piece::Data(r) => {
-                let end = r.last + 1;
-                let mut off = r.first;
-                while off < end {
-                    let want = usize::try_from(end - off)
-                        .unwrap_or(usize::MAX)
-                        .min(cap - fill);
-                    if let Err(e) = read(off, &mut buf[fill..fill + want]) {
-                        return Err(out.fail(e));
-                    }
-                    fill += want;
-                    off += want as u64;
-                    if fill == cap {
-                        if let Some(p) = prefetch.as_mut().filter(|_| off < end) {
-                            p(off, (end - off).min(cap as u64));
-                        }
-                        out.flush(buf)?;
-                        fill = 0;
-                    }
+            Piece::Data(r) => read(r.first + skip, out)?,
+        }
+        filled += k;
+        pos += k as u64;
+        at += len;
+        if filled == dst.len() {
+            return Ok(match piece {
+                Piece::Data(r) if skip + (k as u64) < len => {
+                    Some((r.first + skip + k as u64, len - skip - k as u64))
                 }
-            }
+                _ => None,
+            });
         }
     }
-    if fill > 0 || out.head.is_some() {
-        out.flush(&buf[..fill])?;
-    }
-    Ok(out.sent)
-}
-
-/// The writing side of [`send`]: the pending head and a byte count.
-struct Out<'w, W: Write> {
-    w: &'w mut W,
-    head: Option<Vec<u8>>,
-    sent: u64,
-}
-
-impl<W: Write> Out<'_, W> {
-    /// Writes the head (the first time) and `data` in as few system calls as the socket
-    /// allows.
-    fn flush(&mut self, data: &[u8]) -> Result<(), SendError> {
-        let head = self.head.take().unwrap_or_default();
-        write_all_vectored(self.w, &mut [IoSlice::new(&head), IoSlice::new(data)])
-            .map_err(SendError::Io)?;
-        self.sent += data.len() as u64;
-        Ok(())
-    }
-
-    fn fail(&self, e: StoreError) -> SendError {
-        if self.head.is_some() {
-            SendError::Early(e)
-        } else {
-            SendError::Late(e)
-        }
-    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -131,6 +170,48 @@ mod tests {
     use super::*;
     use crate::http::range::ByteRange;
     use crate::http::response::multipart;
+    use crate::serving::write_all_vectored;
+
+    impl WaitWritable for Trickle {
+        fn wait_writable(&self, _: Duration) -> io::Result<bool> {
+            Ok(true)
+        }
+    }
+
+    impl WaitWritable for Calls {
+        fn wait_writable(&self, _: Duration) -> io::Result<bool> {
+            Ok(true)
+        }
+    }
+
+    const T: Duration = Duration::from_secs(5);
+
+    /// `send` with a budget of `budget` bytes and `buf` as the connection's buffer.
+    fn run<W: Write + WaitWritable>(
+        w: &mut W,
+        budget: &Budget,
+        buf: &mut Vec<u8>,
+        head: Vec<u8>,
+        plan: &Plan,
+        read: &mut ReadAt<'_>,
+        prefetch: Option<&mut dyn FnMut(u64, u64)>,
+    ) -> Result<u64, SendError> {
+        let mut b = Buffer::new();
+        let r = send(
+            w,
+            Sending {
+                budget,
+                buf: &mut b,
+                send_timeout: T,
+            },
+            head,
+            plan,
+            read,
+            prefetch,
+        );
+        buf.resize(b.len(), 0);
+        r
+    }
 
     /// A writer that takes at most 3 bytes per call and counts its calls.
     struct Trickle(Vec<u8>, usize);
@@ -220,8 +301,9 @@ mod tests {
         let mut buf = Vec::new();
         let mut prefetched = Vec::new();
         let mut pre = |o: u64, l: u64| prefetched.push((o, l));
-        let sent = send(
+        let sent = run(
             &mut w,
+            &Budget::new(1 << 30),
             &mut buf,
             b"HEAD".to_vec(),
             &plan,
@@ -242,7 +324,16 @@ mod tests {
         let plan = Plan::data(range(0, 4095));
         let mut w = Calls(Vec::new(), Vec::new());
         let mut buf = Vec::new();
-        let sent = send(&mut w, &mut buf, b"H".to_vec(), &plan, &mut pattern, None);
+        let budget = Budget::new(1 << 30);
+        let sent = run(
+            &mut w,
+            &budget,
+            &mut buf,
+            b"H".to_vec(),
+            &plan,
+            &mut pattern,
+            None,
+        );
         assert_eq!(sent.ok(), Some(4096));
         assert_eq!(w.1, [4097]);
         assert_eq!(buf.len(), 4096);
@@ -251,8 +342,9 @@ mod tests {
     #[test]
     fn an_empty_body_still_sends_the_head() {
         let mut w = Calls(Vec::new(), Vec::new());
-        let sent = send(
+        let sent = run(
             &mut w,
+            &Budget::new(1 << 30),
             &mut Vec::new(),
             b"H".to_vec(),
             &Plan::empty(),
@@ -268,8 +360,9 @@ mod tests {
         let ranges = [range(0, 9), range(3_000_000, 3_000_004)];
         let plan = multipart(&ranges, 4_000_000, "B").unwrap();
         let mut w = Calls(Vec::new(), Vec::new());
-        let sent = send(
+        let sent = run(
             &mut w,
+            &Budget::new(1 << 30),
             &mut Vec::new(),
             Vec::new(),
             &plan,
@@ -289,8 +382,9 @@ mod tests {
         let plan = Plan::data(range(0, 999));
         let mut w = Calls(Vec::new(), Vec::new());
         let mut failing = |_: u64, _: &mut [u8]| Err(fault());
-        let r = send(
+        let r = run(
             &mut w,
+            &Budget::new(1 << 30),
             &mut Vec::new(),
             b"H".to_vec(),
             &plan,
@@ -312,8 +406,9 @@ mod tests {
                 Err(fault())
             }
         };
-        let r = send(
+        let r = run(
             &mut w,
+            &Budget::new(1 << 30),
             &mut Vec::new(),
             b"H".to_vec(),
             &plan,
@@ -322,5 +417,139 @@ mod tests {
         );
         assert!(matches!(r, Err(SendError::Late(_))));
         assert_eq!(w.0.len(), MAX_CHUNK + 1, "head and first chunk only");
+    }
+
+    /// A socket that takes `first` bytes, then stalls once (no progress for a tick), then
+    /// takes everything.
+    struct StallOnce {
+        out: Vec<u8>,
+        first: usize,
+        stalled: bool,
+    }
+
+    impl Write for StallOnce {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            if self.out.len() >= self.first && !self.stalled {
+                self.stalled = true;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = if self.stalled {
+                b.len()
+            } else {
+                b.len().min(self.first - self.out.len())
+            };
+            self.out.extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl WaitWritable for StallOnce {
+        fn wait_writable(&self, _: Duration) -> io::Result<bool> {
+            Ok(true)
+        }
+    }
+
+    #[test]
+    fn a_stalled_body_gives_its_buffer_back_and_resumes_exactly() {
+        let budget = Budget::new(1 << 30);
+        let plan = multipart(&[range(0, 99), range(2_000_000, 3_500_000)], 4_000_000, "B")
+            .unwrap_or_else(Plan::empty);
+        let mut full = Calls(Vec::new(), Vec::new());
+        let _ = run(
+            &mut full,
+            &budget,
+            &mut Vec::new(),
+            b"HEAD".to_vec(),
+            &plan,
+            &mut pattern,
+            None,
+        );
+        for first in [2, 500, MAX_CHUNK + 77] {
+            let mut w = StallOnce {
+                out: Vec::new(),
+                first,
+                stalled: false,
+            };
+            let mut b = Buffer::new();
+            let sent = send(
+                &mut w,
+                Sending {
+                    budget: &budget,
+                    buf: &mut b,
+                    send_timeout: T,
+                },
+                b"HEAD".to_vec(),
+                &plan,
+                &mut pattern,
+                None,
+            );
+            assert_eq!(sent.ok(), Some(plan.len));
+            assert!(w.out == full.0, "resumed after {first} bytes");
+            assert!(w.stalled);
+        }
+    }
+
+    #[test]
+    fn a_stalled_socket_holds_no_budget_while_it_waits() {
+        struct Stuck<'b>(&'b Budget, std::cell::Cell<Option<u64>>);
+        impl Write for Stuck<'_> {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        impl WaitWritable for Stuck<'_> {
+            fn wait_writable(&self, _: Duration) -> io::Result<bool> {
+                self.1.set(Some(self.0.used()));
+                Ok(false)
+            }
+        }
+        let budget = Budget::new(1 << 30);
+        let mut w = Stuck(&budget, std::cell::Cell::new(None));
+        let mut b = Buffer::new();
+        let r = send(
+            &mut w,
+            Sending {
+                budget: &budget,
+                buf: &mut b,
+                send_timeout: T,
+            },
+            b"H".to_vec(),
+            &Plan::data(range(0, 3 * MAX_CHUNK as u64)),
+            &mut pattern,
+            None,
+        );
+        assert!(matches!(r, Err(SendError::Io(e)) if e.kind() == io::ErrorKind::TimedOut));
+        assert_eq!(
+            w.1.get(),
+            Some(0),
+            "the buffer was given back before the wait"
+        );
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn no_budget_before_the_head_is_busy() {
+        let budget = Budget::new(1 << 20);
+        let _all = budget.acquire(1 << 20, 1 << 20, T);
+        let mut b = Buffer::new();
+        let r = send(
+            &mut Calls(Vec::new(), Vec::new()),
+            Sending {
+                budget: &budget,
+                buf: &mut b,
+                send_timeout: Duration::from_millis(10),
+            },
+            b"H".to_vec(),
+            &Plan::data(range(0, 99)),
+            &mut pattern,
+            None,
+        );
+        assert!(matches!(r, Err(SendError::Busy)));
     }
 }

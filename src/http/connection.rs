@@ -3,16 +3,18 @@
 //! buffer, and closes on anything that would leave the stream out of step.
 //!
 //! Memory: the receive buffer (4 KiB, grown up to [`MAX_HEAD_BYTES`] for a large head) and
-//! the body buffer (at most [`body::MAX_CHUNK`], sized to the response) are kept while
-//! requests keep coming and released once the connection has been idle for [`IDLE_GRACE`]; an
-//! idle connection then waits in `poll` holding only its thread's stack.
+//! the body buffer (at most [`body::MAX_CHUNK`], sized to the response, drawn from the
+//! response budget) are kept while requests keep coming and released once the connection has
+//! been idle for [`IDLE_GRACE`]; an idle connection then waits in `poll` holding only its
+//! thread's stack. A client that stops reading gives the body buffer back within a stall tick
+//! (`body`).
 //!
 //! Timeouts: SO_RCVTIMEO is set once to a short tick; a read that times out re-checks the
 //! deadlines (header deadline from the first byte of a head, idle deadline from the end of the
-//! previous response). SO_SNDTIMEO is the idle timeout, so a client that stops reading cannot
-//! hold the thread longer than that without progress.
+//! previous response). SO_SNDTIMEO is the stall tick of the send timeout: a client that reads
+//! nothing of a response for `send_timeout` is closed, whatever the idle timeout.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Read};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
@@ -27,8 +29,9 @@ use super::request::{self, Body as RequestBody, Expect, HeadError, MAX_HEAD_BYTE
 use super::response::{Connection as ConnHeader, Plan};
 use super::{HttpService, date};
 use crate::format::Stream;
-use crate::serving::{Catalog, Conn, ProtoMetrics};
-use crate::serving::{is_disconnect, write_all_vectored};
+use crate::serving::conn::{stall_tick, write_all_timed};
+use crate::serving::is_disconnect;
+use crate::serving::{Buffer, Catalog, Conn, ProtoMetrics, RateLog};
 use crate::store::{Snapshot, StoreError};
 
 /// First size of the receive buffer; most request heads are a few hundred bytes.
@@ -74,7 +77,7 @@ pub(super) struct Connection<'a> {
     start: usize,
     end: usize,
     /// The body buffer, sized to the largest chunk sent since the connection was last cold.
-    body: Vec<u8>,
+    body: Buffer<'a>,
     /// The SO_RCVTIMEO in effect.
     tick: Duration,
     /// When the connection was accepted, until its first request arrives.
@@ -97,7 +100,7 @@ impl<'a> Connection<'a> {
             inbuf: Vec::new(),
             start: 0,
             end: 0,
-            body: Vec::new(),
+            body: Buffer::new(),
             tick,
             accepted: Some(Instant::now()),
         }
@@ -117,6 +120,14 @@ impl<'a> Connection<'a> {
                     return;
                 }
             };
+            // A graceful stop: the response in flight has gone out; take no new request.
+            if self.svc.draining.is_set() {
+                log::debug!("{}: shutting down, connection closed", self.peer);
+                // FIN first, then discard what the client sent: a close with unread data
+                // would be a reset, which can destroy the response it is still reading.
+                self.linger_close();
+                return;
+            }
             let started = Instant::now();
             let result = match next {
                 Next::Closed => return,
@@ -156,14 +167,29 @@ impl<'a> Connection<'a> {
         }
         self.conn.set_nodelay()?;
         self.conn.set_read_timeout(Some(self.tick))?;
-        self.conn.set_write_timeout(Some(
-            self.svc.settings.idle_timeout.max(Duration::from_millis(1)),
-        ))
+        self.conn
+            .set_write_timeout(Some(stall_tick(self.svc.settings.send_timeout)))
+    }
+
+    /// Writes small bytes (a head, an in-memory body) within the send timeout.
+    fn write_small(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        write_all_timed(&mut self.conn, &mut slices, self.svc.settings.send_timeout)
     }
 
     fn io_error(&self, what: &str, e: &io::Error) {
+        let m = &self.svc.metrics.http;
         if is_disconnect(e) {
             log::debug!("{}: client went away while {what}: {e}", self.peer);
+        } else if what == "sending a response" && e.kind() == io::ErrorKind::TimedOut {
+            ProtoMetrics::add(&m.send_timeouts, 1);
+            if let Some(n) = m.send_timeout_log.ready() {
+                log::info!(
+                    "{}: HTTP connection closed: {e} ([limits] send_timeout){}",
+                    self.peer,
+                    RateLog::suffix(n)
+                );
+            }
         } else if matches!(
             e.kind(),
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
@@ -198,7 +224,7 @@ impl<'a> Connection<'a> {
     fn cool(&mut self) {
         debug_assert_eq!(self.start, self.end);
         self.inbuf = Vec::new();
-        self.body = Vec::new();
+        self.body.release();
         self.start = 0;
         self.end = 0;
     }
@@ -309,7 +335,7 @@ impl<'a> Connection<'a> {
         let now = date::unix_seconds(SystemTime::now());
         let r = Response::empty(status, &date::format(now));
         let head = r.head.finish(ConnHeader::Close);
-        let result = self.conn.write_all(&head);
+        let result = self.write_small(&[&head]);
         self.log_access("-", target, None, status, 0, started);
         ProtoMetrics::add(&self.svc.metrics.http.requests_total, 1);
         result.map(|()| false)
@@ -368,7 +394,7 @@ impl<'a> Connection<'a> {
         let Response { status, head, body } = response;
         match body {
             Body::None => {
-                self.conn.write_all(&head.finish(conn_header))?;
+                self.write_small(&[&head.finish(conn_header)])?;
                 Ok((
                     status,
                     Sent {
@@ -379,7 +405,7 @@ impl<'a> Connection<'a> {
             }
             Body::Bytes(b) => {
                 let head = head.finish(conn_header);
-                write_all_vectored(&mut self.conn, &mut [IoSlice::new(&head), IoSlice::new(&b)])?;
+                self.write_small(&[&head, &b])?;
                 self.count_bytes(b.len() as u64);
                 Ok((
                     status,
@@ -410,9 +436,26 @@ impl<'a> Connection<'a> {
                         let head = Response::empty(500, &date::format(now))
                             .head
                             .finish(conn_header);
-                        self.conn.write_all(&head)?;
+                        self.write_small(&[&head])?;
                         Ok((
                             500,
+                            Sent {
+                                body: 0,
+                                keep_alive: true,
+                            },
+                        ))
+                    }
+                    Err(SendError::Busy) => {
+                        // Every response buffer stayed in use for the whole send timeout:
+                        // busy, like the connection cap (the budget logged it).
+                        let now = date::unix_seconds(SystemTime::now());
+                        let head = Response::empty(503, &date::format(now))
+                            .head
+                            .header("Retry-After", 1)
+                            .finish(conn_header);
+                        self.write_small(&[&head])?;
+                        Ok((
+                            503,
                             Sent {
                                 body: 0,
                                 keep_alive: true,
@@ -490,14 +533,12 @@ impl<'a> Connection<'a> {
             } else {
                 None
             };
-        let sent = body::send(
-            &mut self.conn,
-            &mut self.body,
-            head,
-            plan,
-            &mut read,
-            prefetch,
-        )?;
+        let sending = body::Sending {
+            budget: &self.svc.metrics.budget,
+            buf: &mut self.body,
+            send_timeout: self.svc.settings.send_timeout,
+        };
+        let sent = body::send(&mut self.conn, sending, head, plan, &mut read, prefetch)?;
         self.count_bytes(sent);
         Ok(sent)
     }

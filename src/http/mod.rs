@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
-use crate::serving::{CatalogHandle, Conn, Metrics};
+use crate::serving::{CatalogHandle, Conn, Draining, Metrics};
 
 /// Settings of the HTTP front end, validated by the daemon and fixed for the service's life.
 #[derive(Clone, PartialEq, Eq)]
@@ -38,9 +38,11 @@ pub struct HttpSettings {
     /// Time allowed for a request line and headers to arrive, from their first byte; then 408
     /// and close.
     pub header_timeout: Duration,
-    /// Time a kept-alive connection may wait for its next request; then it is closed. Also
-    /// bounds how long a client that stops reading can stall a response (SO_SNDTIMEO).
+    /// Time a kept-alive connection may wait for its next request; then it is closed.
     pub idle_timeout: Duration,
+    /// Time a response may go without any progress writing it (the client reads nothing);
+    /// then the connection is closed (`[limits] send_timeout`).
+    pub send_timeout: Duration,
     /// Largest ranged response in bytes (http.md §3a); 0 serves every satisfiable range
     /// exactly. Never applies to a GET without Range.
     pub max_range_bytes: u64,
@@ -54,6 +56,7 @@ impl Default for HttpSettings {
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            send_timeout: crate::serving::budget::DEFAULT_SEND_TIMEOUT,
             max_range_bytes: 32 << 20,
             auth_token: None,
         }
@@ -66,6 +69,7 @@ impl std::fmt::Debug for HttpSettings {
             .field("max_connections", &self.max_connections)
             .field("header_timeout", &self.header_timeout)
             .field("idle_timeout", &self.idle_timeout)
+            .field("send_timeout", &self.send_timeout)
             .field("max_range_bytes", &self.max_range_bytes)
             .field(
                 "auth_token",
@@ -88,6 +92,8 @@ pub struct HttpService {
     nonce: AtomicU64,
     /// Responses that failed on a corrupt block (CRC, codec, tag): `/metrics`.
     corrupt_blocks: AtomicU64,
+    /// Set by the daemon at a graceful stop: connections take no new request.
+    draining: Arc<Draining>,
 }
 
 impl HttpService {
@@ -101,7 +107,16 @@ impl HttpService {
             metrics,
             nonce: AtomicU64::new(0),
             corrupt_blocks: AtomicU64::new(0),
+            draining: Arc::new(Draining::new()),
         }
+    }
+
+    /// Uses `draining` as the graceful-stop flag (the daemon's; by default a flag of its own
+    /// that is never set).
+    #[must_use]
+    pub fn with_draining(mut self, draining: Arc<Draining>) -> Self {
+        self.draining = draining;
+        self
     }
 
     /// The settings in effect.

@@ -4,15 +4,21 @@
 //!
 //! Every request reaching this file has passed `transmission::validate`; store calls here can
 //! only fail for reasons of the archive (I/O, corruption), which become EIO and a warning.
+//!
+//! Memory: each handler's READ buffer is a [`Buffer`] of the response budget, kept between
+//! requests up to [`RETAINED_BUFFER`] and given back entirely after [`HANDLER_IDLE`] without
+//! work; handlers beyond [`KEEP_HANDLERS`] then exit. A READ whose reply stalls gives its
+//! buffer back and reads the data again when the client reads again (`reply.rs`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::Duration;
 
 use super::handshake::Session;
 use super::proto::*;
-use super::reply::{ReplyWriter, Sink};
+use super::reply::{Claim, ReadSent, ReplyWriter, Sink};
 use super::transmission::{Command, Refusal};
-use crate::serving::ProtoMetrics;
+use crate::serving::{Budget, Buffer, Draining, ProtoMetrics};
 use crate::store::{Extent, ExtentKind, StoreError};
 
 /// READ bytes dispatched but not yet replied, per connection. One READ of the maximum size is
@@ -20,7 +26,12 @@ use crate::store::{Extent, ExtentKind, StoreError};
 pub const BYTES_IN_FLIGHT: u64 = 64 * 1024 * 1024;
 /// A handler's read buffer is kept between requests up to this size (the kernel's largest usual
 /// request is 1.25 MiB; nbdcopy's 256 KiB); larger ones are freed after use.
-const RETAINED_BUFFER: usize = 2 * 1024 * 1024;
+pub const RETAINED_BUFFER: usize = 2 * 1024 * 1024;
+/// A handler with no request for this long gives its buffer back, and exits unless it is one
+/// of the first [`KEEP_HANDLERS`].
+pub const HANDLER_IDLE: Duration = Duration::from_secs(2);
+/// Handlers kept (without buffers) by an idle connection.
+pub const KEEP_HANDLERS: usize = 1;
 /// CACHE prefetches at most this much of a request (a prefetch larger than the block cache
 /// would only evict itself).
 const MAX_PREFETCH: u64 = 32 * 1024 * 1024;
@@ -31,12 +42,12 @@ const MAX_STATUS_EXTENTS: usize = 65536;
 
 /// Bytes of READ payload in flight on a connection, with a cap the reader waits on.
 #[derive(Debug)]
-pub(super) struct Budget {
+pub(super) struct InFlight {
     used: Mutex<u64>,
     freed: Condvar,
 }
 
-impl Budget {
+impl InFlight {
     pub(super) fn acquire(&self, n: u64) {
         let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
         while *used > 0 && *used + n > BYTES_IN_FLIGHT {
@@ -62,15 +73,33 @@ pub(super) struct Job {
     pub(super) command: Command,
 }
 
+/// What a connection's transmission phase shares with the rest of the process: its
+/// counters, the response budget, and the send timeout.
+#[derive(Debug, Clone, Copy)]
+pub struct Shared<'a> {
+    /// The NBD counters.
+    pub metrics: &'a ProtoMetrics,
+    /// The response budget READ buffers draw from.
+    pub budget: &'a Budget,
+    /// Time a reply may make no progress before the connection is closed.
+    pub send_timeout: Duration,
+    /// The graceful-stop flag: once set, no new request is read.
+    pub draining: &'a Draining,
+}
+
 /// State shared by the reader and the handlers of one connection.
 pub(super) struct Conn<'a, W> {
     session: &'a Session,
     peer: &'a str,
     metrics: &'a ProtoMetrics,
+    memory: &'a Budget,
+    send_timeout: Duration,
     pub(super) out: ReplyWriter<W>,
-    pub(super) budget: Budget,
+    pub(super) dispatched: InFlight,
     /// Jobs dispatched and not yet answered.
     pub(super) in_flight: AtomicUsize,
+    /// Handler threads running.
+    pub(super) handlers: AtomicUsize,
 }
 
 /// Releases a job's budget and in-flight count however the job ends (even by a panic).
@@ -82,7 +111,7 @@ struct JobGuard<'c, 'a, W> {
 impl<W> Drop for JobGuard<'_, '_, W> {
     fn drop(&mut self) {
         if self.bytes > 0 {
-            self.conn.budget.release(self.bytes);
+            self.conn.dispatched.release(self.bytes);
         }
         self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
@@ -90,36 +119,51 @@ impl<W> Drop for JobGuard<'_, '_, W> {
 
 impl<'a, W: Sink> Conn<'a, W> {
     /// State for one connection's transmission phase, replying through `writer`.
-    pub(super) fn new(
-        session: &'a Session,
-        peer: &'a str,
-        metrics: &'a ProtoMetrics,
-        writer: W,
-    ) -> Self {
+    pub(super) fn new(session: &'a Session, peer: &'a str, shared: Shared<'a>, writer: W) -> Self {
         Conn {
             session,
             peer,
-            metrics,
-            out: ReplyWriter::new(writer),
-            budget: Budget {
+            metrics: shared.metrics,
+            memory: shared.budget,
+            send_timeout: shared.send_timeout,
+            out: ReplyWriter::new(writer, shared.send_timeout),
+            dispatched: InFlight {
                 used: Mutex::new(0),
                 freed: Condvar::new(),
             },
             in_flight: AtomicUsize::new(0),
+            handlers: AtomicUsize::new(0),
         }
     }
 
+    /// A handler thread: runs jobs until the queue closes, or until it has been idle for
+    /// [`HANDLER_IDLE`] and more than [`KEEP_HANDLERS`] handlers are running.
     pub(super) fn handler(&self, rx: &crossbeam_channel::Receiver<Job>) {
-        let mut buf = Vec::new();
-        for job in rx.iter() {
-            self.run(job, &mut buf);
-            if buf.capacity() > RETAINED_BUFFER {
-                buf = Vec::new();
+        let mut buf = Buffer::new();
+        loop {
+            match rx.recv_timeout(HANDLER_IDLE) {
+                Ok(job) => {
+                    self.run(job, &mut buf);
+                    buf.shrink(RETAINED_BUFFER);
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    buf.release();
+                    let leave = self
+                        .handlers
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                            (n > KEEP_HANDLERS).then(|| n - 1)
+                        })
+                        .is_ok();
+                    if leave {
+                        return;
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
             }
         }
     }
 
-    pub(super) fn run(&self, job: Job, buf: &mut Vec<u8>) {
+    pub(super) fn run(&self, job: Job, buf: &mut Buffer<'a>) {
         let bytes = match job.command {
             Command::Read { length, .. } => u64::from(length),
             _ => 0,
@@ -130,13 +174,21 @@ impl<'a, W: Sink> Conn<'a, W> {
         }
         match job.command {
             Command::Read { offset, length, df } => self.read(job.cookie, offset, length, df, buf),
+            // The other replies may wait for a stalled socket without a way to give memory
+            // back: they hold none.
             Command::BlockStatus {
                 offset,
                 length,
                 req_one,
                 context,
-            } => self.block_status(job.cookie, offset, length, req_one, context),
-            Command::Cache { offset, length } => self.cache(job.cookie, offset, length),
+            } => {
+                buf.release();
+                self.block_status(job.cookie, offset, length, req_one, context);
+            }
+            Command::Cache { offset, length } => {
+                buf.release();
+                self.cache(job.cookie, offset, length);
+            }
             Command::Disc | Command::Flush => {}
         }
     }
@@ -187,7 +239,7 @@ impl<'a, W: Sink> Conn<'a, W> {
         ProtoMetrics::add(&self.metrics.read_errors, 1);
     }
 
-    fn read(&self, cookie: u64, offset: u64, length: u32, df: bool, buf: &mut Vec<u8>) {
+    fn read(&self, cookie: u64, offset: u64, length: u32, df: bool, buf: &mut Buffer<'a>) {
         let s = self.session;
         let len = length as usize;
         if len == 0 {
@@ -222,83 +274,86 @@ impl<'a, W: Sink> Conn<'a, W> {
                 return;
             }
         }
-        if buf.len() < len {
-            buf.resize(len, 0);
-        }
-        let data = &mut buf[..len];
-        match s.snapshot.snapshot.read_at(s.stream, offset, data) {
-            Ok(n) if n == len => {}
-            Ok(n) => {
-                // Validation checked the range against the size of an immutable snapshot.
-                log::error!(
-                    "nbd {}: short read of {n} bytes at {offset}+{len} of export {:?}",
-                    self.peer,
-                    s.export_name
-                );
-                self.reply_error(NBD_CMD_READ, cookie, NBD_EIO, "short read");
+        // A READ whose reply stalls gives its buffer back and comes round again: the data is
+        // read again and the reply continues after the bytes already on the wire.
+        let mut resume: Option<(Claim<'_, W>, usize)> = None;
+        loop {
+            if buf
+                .ensure(self.memory, len, len, self.send_timeout)
+                .is_none()
+            {
+                match resume {
+                    Some((claim, _)) => {
+                        claim.abandon("no reply buffer memory within the send timeout");
+                    }
+                    None => self.reply_error(
+                        NBD_CMD_READ,
+                        cookie,
+                        NBD_EIO,
+                        "the server is out of reply buffer memory",
+                    ),
+                }
                 return;
             }
-            Err(e) => {
-                self.read_failed("READ", offset, u64::from(length), &e);
-                self.reply_error(
-                    NBD_CMD_READ,
-                    cookie,
-                    NBD_EIO,
-                    "the archive data for this range is unreadable or corrupt",
-                );
-                return;
-            }
-        }
-        self.count();
-        let sent = match &holes {
-            Some(extents) => self.send_chunks(cookie, offset, data, extents),
-            None if s.structured => self.out.send(&[
-                &offset_data_header(NBD_REPLY_FLAG_DONE, cookie, offset, length),
-                data,
-            ]),
-            None => self.out.send(&[&simple_reply(0, cookie), data]),
-        };
-        if sent {
-            ProtoMetrics::add(&self.metrics.bytes_sent, u64::from(length));
-        }
-    }
-
-    /// Sends a READ as OFFSET_DATA and OFFSET_HOLE chunks following `extents`, DONE on the last.
-    fn send_chunks(&self, cookie: u64, offset: u64, data: &[u8], extents: &[Extent]) -> bool {
-        let mut heads: Vec<[u8; 32]> = Vec::with_capacity(extents.len());
-        for (i, e) in extents.iter().enumerate() {
-            let flags = if i + 1 == extents.len() {
-                NBD_REPLY_FLAG_DONE
-            } else {
-                0
+            let data = &mut buf.bytes_mut()[..len];
+            let failure = match s.snapshot.snapshot.read_at(s.stream, offset, data) {
+                Ok(n) if n == len => None,
+                Ok(n) => {
+                    // Validation checked the range against the size of an immutable snapshot.
+                    log::error!(
+                        "nbd {}: short read of {n} bytes at {offset}+{len} of export {:?}",
+                        self.peer,
+                        s.export_name
+                    );
+                    Some("short read")
+                }
+                Err(e) => {
+                    self.read_failed("READ", offset, u64::from(length), &e);
+                    Some("the archive data for this range is unreadable or corrupt")
+                }
             };
-            // Extents lie inside a READ of at most 32 MiB, so their lengths fit a u32.
-            let len = u32::try_from(e.length).unwrap_or(u32::MAX);
-            heads.push(match e.kind {
-                ExtentKind::Zero => offset_hole_chunk(flags, cookie, e.offset, len),
-                ExtentKind::Data => {
-                    let mut h = [0u8; 32];
-                    h[..28].copy_from_slice(&offset_data_header(flags, cookie, e.offset, len));
-                    h
+            if let Some(why) = failure {
+                match resume {
+                    // Part of the reply is on the wire: it cannot become an error any more.
+                    Some((claim, _)) => claim.abandon(why),
+                    None => self.reply_error(NBD_CMD_READ, cookie, NBD_EIO, why),
                 }
-            });
-        }
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * extents.len());
-        for (e, h) in extents.iter().zip(&heads) {
-            match e.kind {
-                ExtentKind::Zero => parts.push(h),
-                ExtentKind::Data => {
-                    let start = usize::try_from(e.offset - offset).unwrap_or(usize::MAX);
-                    let end = start.saturating_add(usize::try_from(e.length).unwrap_or(0));
-                    let Some(slice) = data.get(start..end) else {
-                        return false;
-                    };
-                    parts.push(&h[..28]);
-                    parts.push(slice);
+                return;
+            }
+            if resume.is_none() {
+                self.count();
+            }
+            let data = &buf.bytes_mut()[..len];
+            let simple_head = simple_reply(0, cookie);
+            let data_head = offset_data_header(NBD_REPLY_FLAG_DONE, cookie, offset, length);
+            let heads = holes.as_ref().map(|x| chunk_heads(cookie, x));
+            let parts: Vec<&[u8]> = match (&holes, &heads) {
+                (Some(extents), Some(heads)) => match chunk_parts(heads, offset, data, extents) {
+                    Some(p) => p,
+                    None => return,
+                },
+                _ if s.structured => vec![&data_head, data],
+                _ => vec![&simple_head, data],
+            };
+            match self.out.send_read(&parts, resume.take()) {
+                ReadSent::Done => {
+                    ProtoMetrics::add(&self.metrics.bytes_sent, u64::from(length));
+                    return;
+                }
+                ReadSent::Broken => return,
+                ReadSent::SinkStalled => {
+                    buf.release();
+                    self.out.wait_unstalled();
+                }
+                ReadSent::Stalled { mut claim, written } => {
+                    buf.release();
+                    if !claim.wait() {
+                        return;
+                    }
+                    resume = Some((claim, written));
                 }
             }
         }
-        self.out.send(&parts)
     }
 
     fn block_status(&self, cookie: u64, offset: u64, length: u32, req_one: bool, context: u32) {
@@ -334,4 +389,52 @@ impl<'a, W: Sink> Conn<'a, W> {
         self.out
             .send(&[&block_status_chunk(cookie, context, &wire)]);
     }
+}
+
+/// The chunk headers of a READ sent as OFFSET_DATA and OFFSET_HOLE chunks following
+/// `extents`, DONE on the last (an OFFSET_DATA header is the first 28 bytes).
+fn chunk_heads(cookie: u64, extents: &[Extent]) -> Vec<[u8; 32]> {
+    let mut heads: Vec<[u8; 32]> = Vec::with_capacity(extents.len());
+    for (i, e) in extents.iter().enumerate() {
+        let flags = if i + 1 == extents.len() {
+            NBD_REPLY_FLAG_DONE
+        } else {
+            0
+        };
+        // Extents lie inside a READ of at most 32 MiB, so their lengths fit a u32.
+        let len = u32::try_from(e.length).unwrap_or(u32::MAX);
+        heads.push(match e.kind {
+            ExtentKind::Zero => offset_hole_chunk(flags, cookie, e.offset, len),
+            ExtentKind::Data => {
+                let mut h = [0u8; 32];
+                h[..28].copy_from_slice(&offset_data_header(flags, cookie, e.offset, len));
+                h
+            }
+        });
+    }
+    heads
+}
+
+/// The parts of a chunked READ reply: each hole's chunk, each data chunk's header and its
+/// slice of `data` (which starts at stream offset `offset`). `None` if an extent lies outside
+/// `data` (cannot happen for extents of the same range).
+fn chunk_parts<'p>(
+    heads: &'p [[u8; 32]],
+    offset: u64,
+    data: &'p [u8],
+    extents: &[Extent],
+) -> Option<Vec<&'p [u8]>> {
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * extents.len());
+    for (e, h) in extents.iter().zip(heads) {
+        match e.kind {
+            ExtentKind::Zero => parts.push(h),
+            ExtentKind::Data => {
+                let start = usize::try_from(e.offset - offset).unwrap_or(usize::MAX);
+                let end = start.saturating_add(usize::try_from(e.length).unwrap_or(0));
+                parts.push(&h[..28]);
+                parts.push(data.get(start..end)?);
+            }
+        }
+    }
+    Some(parts)
 }

@@ -23,7 +23,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::serving::{CatalogHandle, Conn, Metrics, ProtoMetrics};
+use crate::serving::conn::stall_tick;
+use crate::serving::{CatalogHandle, Conn, Draining, Metrics, ProtoMetrics, RateLog};
 use handshake::{HandshakeError, Outcome, Session};
 use transmission::{End, TransmissionError};
 
@@ -37,6 +38,9 @@ pub struct NbdSettings {
     /// Close a connection after this long without a request and with nothing in flight.
     /// `None` (the default): kernel clients are legitimately idle for hours.
     pub idle_timeout: Option<Duration>,
+    /// Close a connection whose client reads nothing of a reply for this long, whatever
+    /// `idle_timeout` says (`[limits] send_timeout`).
+    pub send_timeout: Duration,
 }
 
 impl Default for NbdSettings {
@@ -45,6 +49,7 @@ impl Default for NbdSettings {
             max_connections: 256,
             handshake_timeout: Duration::from_secs(30),
             idle_timeout: None,
+            send_timeout: crate::serving::budget::DEFAULT_SEND_TIMEOUT,
         }
     }
 }
@@ -56,6 +61,8 @@ pub struct NbdService {
     settings: NbdSettings,
     catalog: Arc<CatalogHandle>,
     metrics: Arc<Metrics>,
+    /// Set by the daemon at a graceful stop: connections read no new request.
+    draining: Arc<Draining>,
 }
 
 /// Reads from a connection with one deadline for the whole handshake, so a client dripping a
@@ -98,7 +105,16 @@ impl NbdService {
             settings,
             catalog,
             metrics,
+            draining: Arc::new(Draining::new()),
         }
+    }
+
+    /// Uses `draining` as the graceful-stop flag (the daemon's; by default a flag of its own
+    /// that is never set).
+    #[must_use]
+    pub fn with_draining(mut self, draining: Arc<Draining>) -> Self {
+        self.draining = draining;
+        self
     }
 
     /// The settings in effect.
@@ -138,11 +154,12 @@ impl NbdService {
         };
         let reader = reader.conn;
         let idle = self.settings.idle_timeout;
-        if reader.set_read_timeout(idle).is_err() || conn.set_write_timeout(idle).is_err() {
+        let tick = stall_tick(self.settings.send_timeout);
+        if reader.set_read_timeout(idle).is_err() || conn.set_write_timeout(Some(tick)).is_err() {
             log::warn!("nbd {peer}: cannot set socket timeouts");
             return;
         }
-        let result = transmission::serve(reader, conn, &session, &self.metrics.nbd, peer);
+        let result = transmission::serve(reader, conn, &session, self.shared(), peer);
         self.transmission_done(result, peer, &session);
     }
 
@@ -165,7 +182,7 @@ impl NbdService {
                 Ok(())
             };
         };
-        let result = transmission::serve(r, w, &session, &self.metrics.nbd, peer);
+        let result = transmission::serve(r, w, &session, self.shared(), peer);
         let failed = matches!(&result, Err(e) if !e.is_disconnect());
         self.transmission_done(result, peer, &session);
         if failed {
@@ -175,6 +192,15 @@ impl NbdService {
             ));
         }
         Ok(())
+    }
+
+    fn shared(&self) -> transmission::Shared<'_> {
+        transmission::Shared {
+            metrics: &self.metrics.nbd,
+            budget: &self.metrics.budget,
+            send_timeout: self.settings.send_timeout,
+            draining: &self.draining,
+        }
     }
 
     /// Logs how the handshake ended; returns the session if transmission follows.
@@ -237,6 +263,21 @@ impl NbdService {
             Ok(End::Eof) => log::debug!("nbd {peer}: export {export:?}: client closed"),
             Ok(End::Idle) => {
                 log::info!("nbd {peer}: export {export:?}: idle timeout, closing");
+            }
+            Ok(End::SendTimeout) => {
+                let m = &self.metrics.nbd;
+                ProtoMetrics::add(&m.send_timeouts, 1);
+                if let Some(n) = m.send_timeout_log.ready() {
+                    log::info!(
+                        "nbd {peer}: export {export:?}: the client read no reply for {} ms \
+                         ([limits] send_timeout); connection closed{}",
+                        self.settings.send_timeout.as_millis(),
+                        RateLog::suffix(n)
+                    );
+                }
+            }
+            Ok(End::Draining) => {
+                log::debug!("nbd {peer}: export {export:?}: shutting down, closed");
             }
             Ok(End::WriterFailed) => {
                 log::debug!("nbd {peer}: export {export:?}: reply failed, closed");

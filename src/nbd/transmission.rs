@@ -6,18 +6,19 @@
 //! call the store and reply out of order (`execute.rs`); everything else is answered by the
 //! reader at once. Replies go through one `ReplyWriter`, which writes each reply whole
 //! (`reply.rs`). A READ is read completely before its header is sent (nbd.md §8 pitfall 9).
-//! Memory is bounded by [`BYTES_IN_FLIGHT`]: the reader waits before dispatching a READ that
-//! would exceed it.
+//! Memory: the reader waits before dispatching a READ that would put more than
+//! [`BYTES_IN_FLIGHT`] in flight on the connection; READ buffers come from the process's
+//! response budget (`execute.rs`), and idle handlers give theirs back and exit.
 
 use std::io::{self, Read};
 use std::sync::atomic::Ordering;
 
 use super::execute::{Conn, Job};
+pub use super::execute::{HANDLER_IDLE, KEEP_HANDLERS, RETAINED_BUFFER, Shared};
 use super::handshake::{BLOCK_SIZE_MAX, Session};
 use super::proto::*;
 use super::reply::Sink;
-use crate::serving::ProtoMetrics;
-use crate::serving::is_disconnect;
+use crate::serving::{Buffer, is_disconnect};
 
 /// Most handler threads per connection. With reads of a few blocks each, this keeps every
 /// decompression worker of a typical machine busy from one connection (nbdcopy keeps 64
@@ -211,6 +212,10 @@ pub enum End {
     Idle,
     /// A reply could not be written (the client went away); nothing more can be said.
     WriterFailed,
+    /// The client read nothing of a reply for the send timeout: closed.
+    SendTimeout,
+    /// The daemon is stopping: no new request was read; the ones in flight were answered.
+    Draining,
 }
 
 /// One request header, or why there is none.
@@ -261,16 +266,18 @@ fn drain<R: Read>(r: &mut R, len: u32) -> Result<(), TransmissionError> {
     Ok(())
 }
 
-/// Serves requests until DISC, EOF, the idle timeout or an error; returns after every reply in
-/// flight has been sent. `reader` must time out (if at all) with `WouldBlock`/`TimedOut`.
+/// Serves requests until DISC, EOF, the idle timeout, `draining` or an error; returns after
+/// every reply in flight has been sent. `reader` must time out (if at all) with
+/// `WouldBlock`/`TimedOut`.
 pub fn serve<R: Read, W: Sink>(
     reader: R,
     writer: W,
     session: &Session,
-    metrics: &ProtoMetrics,
+    shared: Shared<'_>,
     peer: &str,
 ) -> Result<End, TransmissionError> {
-    let conn = Conn::new(session, peer, metrics, writer);
+    let draining = shared.draining;
+    let conn = Conn::new(session, peer, shared, writer);
     // Pipelining clients (the kernel, nbdcopy) send requests back to back: read them in
     // batches, not one syscall per 28-byte header.
     let reader = &mut io::BufReader::with_capacity(READ_BUFFER, reader);
@@ -280,11 +287,15 @@ pub fn serve<R: Read, W: Sink>(
         .name()
         .unwrap_or("nbd-conn")
         .to_string();
-    std::thread::scope(|scope| {
-        let mut handlers = 0usize;
+    let result = std::thread::scope(|scope| {
+        let mut spawned_total = 0usize;
         let result = loop {
             if conn.out.is_broken() {
                 break Ok(End::WriterFailed);
+            }
+            // A graceful stop: read no new request (requests already buffered included).
+            if draining.is_set() {
+                break Ok(End::Draining);
             }
             let raw = match read_header(reader) {
                 Ok(Next::Request(b)) => b,
@@ -326,7 +337,7 @@ pub fn serve<R: Read, W: Sink>(
                         Command::Read { length, .. } => u64::from(length),
                         _ => 0,
                     };
-                    conn.budget.acquire(bytes);
+                    conn.dispatched.acquire(bytes);
                     let outstanding = conn.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
                     let job = Job {
                         cookie: req.cookie,
@@ -334,21 +345,24 @@ pub fn serve<R: Read, W: Sink>(
                     };
                     // One more handler whenever more jobs are outstanding than there are
                     // handlers. Counting jobs, not idle threads, keeps this right when freshly
-                    // spawned threads have not been scheduled yet (a busy machine).
+                    // spawned threads have not been scheduled yet (a busy machine). Idle
+                    // handlers beyond the first exit by themselves (`Conn::handler`).
+                    let handlers = conn.handlers.load(Ordering::Acquire);
                     if outstanding > handlers && handlers < MAX_HANDLERS {
                         let rx = rx.clone();
                         let conn = &conn;
+                        conn.handlers.fetch_add(1, Ordering::AcqRel);
                         let spawned = std::thread::Builder::new()
-                            .name(format!("{base_name}-h{handlers}"))
+                            .name(format!("{base_name}-h{spawned_total}"))
                             .spawn_scoped(scope, move || conn.handler(&rx));
-                        match spawned {
-                            Ok(_) => handlers += 1,
-                            Err(e) if handlers == 0 => {
+                        spawned_total += 1;
+                        if let Err(e) = spawned {
+                            conn.handlers.fetch_sub(1, Ordering::AcqRel);
+                            if handlers == 0 {
                                 log::warn!("nbd {peer}: cannot start a handler thread: {e}");
-                                conn.run(job, &mut Vec::new());
+                                conn.run(job, &mut Buffer::new());
                                 continue;
                             }
-                            Err(_) => {}
                         }
                     }
                     // Handlers only stop when `tx` is dropped, so the send cannot fail.
@@ -360,7 +374,11 @@ pub fn serve<R: Read, W: Sink>(
         // them, so every reply in flight is sent before the connection closes (nbd.md §8.5).
         drop(tx);
         result
-    })
+    });
+    if conn.out.timed_out() {
+        return Ok(End::SendTimeout);
+    }
+    result
 }
 
 #[cfg(test)]

@@ -1,10 +1,180 @@
 //! A client connection of either transport (TCP or Unix stream socket), with the handful of
 //! socket operations the protocol loops need. Protocol code takes a [`Conn`], never a raw fd.
+//!
+//! Writes and the send timeout: a connection's SO_SNDTIMEO is a short [`stall_tick`], so a
+//! write call returns after at most one tick. [`write_or_stall`] reports a call that waited
+//! out the whole tick (nothing, or only part, written: the socket is full) as
+//! [`Wrote::Stalled`]: the caller then gives its response buffers back (a client that stopped
+//! reading holds no buffer memory) and waits in `poll` for room, up to the rest of the send
+//! timeout ([`WaitWritable`]). [`write_all_timed`] is the same for small writes that keep
+//! their bytes.
 
 use std::io::{self, IoSlice, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{IpAddr, Shutdown, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+/// Longest time a write call waits for room before its caller hears of the stall. Short, so
+/// stalled clients give their buffers back quickly; long enough that a client that reads
+/// rarely pauses this long (a false alarm only costs reading the data again).
+pub const STALL_TICK: Duration = Duration::from_millis(500);
+
+/// The SO_SNDTIMEO for a send timeout: [`STALL_TICK`], or the send timeout if shorter.
+pub fn stall_tick(send_timeout: Duration) -> Duration {
+    send_timeout.min(STALL_TICK).max(Duration::from_millis(1))
+}
+
+/// Who is on the other end, for per-client limits: an IP address (IPv4-mapped IPv6 addresses
+/// as IPv4), or a local user (Unix sockets, by SO_PEERCRED uid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientId {
+    /// A TCP peer.
+    Ip(IpAddr),
+    /// A Unix-socket peer's user id.
+    Uid(u32),
+}
+
+impl ClientId {
+    /// True for peers on this host: loopback addresses and Unix sockets.
+    pub fn is_local(self) -> bool {
+        match self {
+            ClientId::Ip(ip) => ip.is_loopback(),
+            ClientId::Uid(_) => true,
+        }
+    }
+}
+
+impl std::fmt::Display for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientId::Ip(ip) => write!(f, "{ip}"),
+            ClientId::Uid(u) => write!(f, "uid {u}"),
+        }
+    }
+}
+
+/// Waiting for a socket to take more bytes.
+pub trait WaitWritable {
+    /// Waits up to `timeout` for room to write; false if there was none by then.
+    fn wait_writable(&self, timeout: Duration) -> io::Result<bool>;
+}
+
+/// Blocking files (stdio) always take bytes eventually; they have no send timeout.
+impl WaitWritable for std::fs::File {
+    fn wait_writable(&self, _timeout: Duration) -> io::Result<bool> {
+        Ok(true)
+    }
+}
+
+impl WaitWritable for Conn {
+    fn wait_writable(&self, timeout: Duration) -> io::Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let t = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            let mut fds = [PollFd::new(self.fd(), PollFlags::POLLOUT)];
+            match poll(&mut fds, t) {
+                // An error or hang-up condition also ends the wait: the next write says which.
+                Ok(n) if n > 0 => return Ok(true),
+                Ok(_) if left.is_zero() => return Ok(false),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(io::Error::from(e)),
+            }
+        }
+    }
+}
+
+/// How a [`write_or_stall`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wrote {
+    /// Everything was written.
+    All,
+    /// A write made no progress for a tick; `written` bytes went out before it.
+    Stalled {
+        /// Bytes written by this call.
+        written: usize,
+    },
+}
+
+/// Writes `bufs` whole, or stops after the first write call that waited a whole `tick` (the
+/// socket's SO_SNDTIMEO) for room: one that timed out, or took the tick to write only part.
+pub fn write_or_stall(
+    w: &mut impl Write,
+    mut bufs: &mut [IoSlice<'_>],
+    tick: Duration,
+) -> io::Result<Wrote> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    let mut written = 0;
+    while !bufs.is_empty() {
+        let started = Instant::now();
+        match w.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                written += n;
+                IoSlice::advance_slices(&mut bufs, n);
+                if !bufs.is_empty() && started.elapsed() >= tick {
+                    return Ok(Wrote::Stalled { written });
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) => return Ok(Wrote::Stalled { written }),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Wrote::All)
+}
+
+/// Writes `bufs` whole, waiting through stalls; fails with `TimedOut` after `send_timeout`
+/// without progress. For small writes (heads, short replies) whose bytes are kept anyway.
+pub fn write_all_timed<W: Write + WaitWritable>(
+    w: &mut W,
+    bufs: &mut [IoSlice<'_>],
+    send_timeout: Duration,
+) -> io::Result<()> {
+    let mut bufs = bufs;
+    loop {
+        match write_or_stall(w, bufs, stall_tick(send_timeout))? {
+            Wrote::All => return Ok(()),
+            Wrote::Stalled { written } => {
+                IoSlice::advance_slices(&mut bufs, written);
+                wait_after_stall(w, send_timeout)?;
+            }
+        }
+    }
+}
+
+/// After a stall: waits for room for the rest of the send timeout (a tick has passed
+/// already); `TimedOut` if none came.
+pub fn wait_after_stall(w: &impl WaitWritable, send_timeout: Duration) -> io::Result<()> {
+    let rest = send_timeout.saturating_sub(stall_tick(send_timeout));
+    if w.wait_writable(rest)? {
+        Ok(())
+    } else {
+        Err(send_timed_out(send_timeout))
+    }
+}
+
+/// The error of a send timeout.
+pub fn send_timed_out(send_timeout: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!(
+            "send timeout: the client read nothing for {} ms",
+            send_timeout.as_millis()
+        ),
+    )
+}
+
+/// True for the errors of a socket timeout.
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
 
 /// An accepted (or connected) stream socket.
 #[derive(Debug)]
@@ -55,6 +225,32 @@ impl Conn {
         match self {
             Conn::Tcp(s) => s.shutdown(how),
             Conn::Unix(s) => s.shutdown(how),
+        }
+    }
+
+    /// The socket's descriptor, for `poll`.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Conn::Tcp(s) => s.as_fd(),
+            Conn::Unix(s) => s.as_fd(),
+        }
+    }
+
+    /// The peer for per-client limits; `None` if the kernel cannot say.
+    pub fn client_id(&self) -> Option<ClientId> {
+        match self {
+            Conn::Tcp(s) => s.peer_addr().ok().map(|a| {
+                let ip = match a.ip() {
+                    IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+                    v4 => v4,
+                };
+                ClientId::Ip(ip)
+            }),
+            Conn::Unix(s) => {
+                nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials)
+                    .ok()
+                    .map(|c| ClientId::Uid(c.uid()))
+            }
         }
     }
 

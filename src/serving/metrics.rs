@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::budget::{Budget, DEFAULT_BUFFER_MEMORY};
+use super::ratelog::RateLog;
 use crate::store::StoreMetrics;
 
 /// Counters of one protocol front end (HTTP or NBD).
@@ -23,6 +25,14 @@ pub struct ProtoMetrics {
     pub read_errors: AtomicU64,
     /// Protocol errors that closed a connection.
     pub protocol_errors: AtomicU64,
+    /// Connections refused because their client was at `max_connections_per_client`.
+    pub connections_rejected_per_client: AtomicU64,
+    /// Connections closed because the client read nothing for the send timeout.
+    pub send_timeouts: AtomicU64,
+    /// Rate-limits the per-client refusal log line.
+    pub per_client_log: RateLog,
+    /// Rate-limits the send-timeout log line.
+    pub send_timeout_log: RateLog,
 }
 
 impl ProtoMetrics {
@@ -46,15 +56,24 @@ pub struct Metrics {
     pub nbd: ProtoMetrics,
     /// The store (cache hits and misses, decompressions, block errors).
     pub store: Arc<StoreMetrics>,
+    /// The memory budget every response buffer draws from (shared like the counters, and
+    /// shown with them).
+    pub budget: Budget,
 }
 
 impl Metrics {
-    /// Metrics over the store counters of `store`.
+    /// Metrics over the store counters of `store`, with a budget of the default size.
     pub fn new(store: Arc<StoreMetrics>) -> Self {
+        Metrics::with_budget(store, DEFAULT_BUFFER_MEMORY)
+    }
+
+    /// Metrics with a response-buffer budget of `buffer_memory` bytes.
+    pub fn with_budget(store: Arc<StoreMetrics>, buffer_memory: u64) -> Self {
         Metrics {
             http: ProtoMetrics::default(),
             nbd: ProtoMetrics::default(),
             store,
+            budget: Budget::new(buffer_memory),
         }
     }
 }

@@ -152,8 +152,19 @@ impl Server {
     /// Serves `snapshots` (the first is the default) with `settings`; the cap is
     /// `settings.max_connections`.
     pub fn start(settings: HttpSettings, snapshots: Vec<NamedSnapshot>, engine: &Engine) -> Server {
+        let budget = hexzd::serving::budget::DEFAULT_BUFFER_MEMORY;
+        Server::start_with_budget(settings, snapshots, engine, budget)
+    }
+
+    /// [`Server::start`] with a response-buffer budget of `budget` bytes.
+    pub fn start_with_budget(
+        settings: HttpSettings,
+        snapshots: Vec<NamedSnapshot>,
+        engine: &Engine,
+        budget: u64,
+    ) -> Server {
         let catalog = Arc::new(CatalogHandle::new(Catalog::new(snapshots, None).unwrap()));
-        let metrics = Arc::new(Metrics::new(Arc::clone(&engine.metrics)));
+        let metrics = Arc::new(Metrics::with_budget(Arc::clone(&engine.metrics), budget));
         let cap = settings.max_connections;
         let service = Arc::new(HttpService::new(
             settings,

@@ -3,6 +3,7 @@
 //! checked exactly like the key it replaces, and errors name the flag.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::serving::valid_name;
 
@@ -24,6 +25,8 @@ pub struct Overrides {
     pub cache_memory: Option<u64>,
     /// `--workers`.
     pub workers: Option<usize>,
+    /// `--shutdown-timeout`.
+    pub shutdown_timeout: Option<Duration>,
     /// `ARCHIVE[=NAME]` arguments, served after the file's snapshots.
     pub archives: Vec<String>,
     /// `--password-file`: the password of every archive argument.
@@ -43,11 +46,21 @@ impl ArchiveArg {
     /// Parses `PATH` or `PATH=NAME`; the name defaults to the file stem.
     pub fn parse(s: &str) -> Result<ArchiveArg, String> {
         if let Some((path, name)) = s.rsplit_once('=') {
-            if valid_name(name) && !path.is_empty() {
-                return Ok(ArchiveArg {
-                    path: PathBuf::from(path),
-                    name: name.to_string(),
-                });
+            if !path.is_empty() {
+                if valid_name(name) {
+                    return Ok(ArchiveArg {
+                        path: PathBuf::from(path),
+                        name: name.to_string(),
+                    });
+                }
+                // A file whose own name contains '=' is still served by its path; otherwise
+                // the part after '=' was meant as a name, and that name is the problem.
+                if std::fs::symlink_metadata(s).is_err() {
+                    return Err(format!(
+                        "{s:?}: {name:?} is not a valid snapshot name: {}",
+                        name_problem(name)
+                    ));
+                }
             }
         }
         let path = PathBuf::from(s);
@@ -61,6 +74,21 @@ impl ArchiveArg {
             ));
         }
         Ok(ArchiveArg { path, name: stem })
+    }
+}
+
+/// Why `name` is refused (it is not [`valid_name`]).
+fn name_problem(name: &str) -> &'static str {
+    if name.is_empty() {
+        "it is empty"
+    } else if name == "disk" || name == "memory" {
+        "\"disk\" and \"memory\" are reserved (they name the streams of the default snapshot)"
+    } else if name == "." || name == ".." {
+        "\".\" and \"..\" are not names"
+    } else if name.len() > crate::serving::names::MAX_NAME_LEN {
+        "it is too long"
+    } else {
+        "use letters, digits, '.', '_' and '-' only"
     }
 }
 
@@ -87,5 +115,13 @@ mod tests {
         assert!(ArchiveArg::parse("disk.hxz").is_err());
         assert_eq!(ArchiveArg::parse("disk.hxz=d1").unwrap().name, "d1");
         assert!(ArchiveArg::parse("my file.hxz").is_err());
+        // A bad name after '=' is named as the problem, not "no such file".
+        let e = ArchiveArg::parse("demo.hxz=disk").unwrap_err();
+        assert!(e.contains("\"disk\" is not a valid snapshot name") && e.contains("reserved"));
+        let e = ArchiveArg::parse("demo.hxz=bad name").unwrap_err();
+        assert!(
+            e.contains("\"bad name\" is not a valid snapshot name"),
+            "{e}"
+        );
     }
 }

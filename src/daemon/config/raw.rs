@@ -16,6 +16,8 @@ pub(super) struct RawConfig {
     pub cache: Option<RawCache>,
     pub s3: Option<RawS3>,
     pub remote: Option<RawRemote>,
+    pub limits: Option<RawLimits>,
+    pub daemon: Option<RawDaemon>,
     #[serde(default)]
     pub snapshot: Vec<RawSnapshot>,
     #[serde(default)]
@@ -79,6 +81,22 @@ pub(super) struct RawRemote {
     pub retries: Option<u32>,
     pub readahead: Option<Value>,
     pub memory: Option<Value>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub buffer_memory: Option<Value>,
+    pub max_connections_per_client: Option<usize>,
+    pub send_timeout: Option<Value>,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDaemon {
+    pub shutdown_timeout: Option<Value>,
 }
 
 /// One `[[snapshot]]`.

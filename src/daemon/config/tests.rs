@@ -297,3 +297,46 @@ fn remote_sections_are_validated_and_name_the_key() {
         assert!(e.contains(key), "{text}: {e}");
     }
 }
+
+#[test]
+fn limits_have_defaults_units_and_reach_the_front_ends() {
+    let d = parse("").unwrap();
+    assert_eq!(d.limits.buffer_memory, 256 << 20);
+    assert_eq!(d.limits.send_timeout, Duration::from_secs(30));
+    assert_eq!(
+        d.limits.max_connections_per_client,
+        PerClientCap {
+            limit: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            local_exempt: true
+        }
+    );
+    let c = parse(
+        "[limits]\nbuffer_memory = \"64MiB\"\nsend_timeout = \"1500ms\"\nmax_connections_per_client = 3\n",
+    )
+    .unwrap();
+    assert_eq!(c.limits.buffer_memory, 64 << 20);
+    assert_eq!(c.http.settings.send_timeout, Duration::from_millis(1500));
+    assert_eq!(c.nbd.settings.send_timeout, Duration::from_millis(1500));
+    assert_eq!(
+        c.limits.max_connections_per_client,
+        PerClientCap {
+            limit: 3,
+            local_exempt: false
+        }
+    );
+    for (text, needle) in [
+        (
+            "[limits]\nbuffer_memory = \"4KiB\"\n",
+            "limits.buffer_memory",
+        ),
+        ("[limits]\nsend_timeout = 0\n", "limits.send_timeout"),
+        (
+            "[limits]\nmax_connections_per_client = -1\n",
+            "max_connections_per_client",
+        ),
+        ("[limits]\nsend_buffer = 1\n", "send_buffer"),
+    ] {
+        let e = parse(text).unwrap_err().to_string();
+        assert!(e.contains(needle), "{text:?}: {e}");
+    }
+}

@@ -14,6 +14,9 @@ use crate::store::file::{read_password, read_small};
 
 /// Longest bearer token file.
 const MAX_TOKEN_FILE: u64 = 64 * 1024;
+/// Smallest `[limits] buffer_memory`: one HTTP body chunk. (An NBD READ larger than the
+/// budget is still served, alone.)
+const MIN_BUFFER_MEMORY: u64 = 1 << 20;
 
 /// Where a value came from, for its error.
 pub(super) enum Place {
@@ -66,6 +69,10 @@ impl Place {
             Value::Int(n) => Duration::from_secs(*n),
             Value::Str(s) => parse_duration(s).map_err(|p| self.invalid(p))?,
         };
+        self.bounded(d)
+    }
+
+    fn bounded(&self, d: Duration) -> Result<Duration, ConfigError> {
         // Deadlines are computed as `Instant + timeout`; an absurd value would overflow there
         // on every connection rather than here once.
         if d > MAX_TIMEOUT {
@@ -194,6 +201,39 @@ pub(super) fn validate(
             return Err(place.invalid(format!("{w} is more than {MAX_WORKERS}")));
         }
         c.cache.workers = w;
+    }
+
+    let l = raw.limits.unwrap_or_default();
+    if let Some(v) = &l.buffer_memory {
+        let place = src.key("limits.buffer_memory");
+        let n = place.size(v)?;
+        if n < MIN_BUFFER_MEMORY {
+            return Err(place.invalid(format!(
+                "{n} bytes is less than the {} MiB one full-size response needs",
+                MIN_BUFFER_MEMORY >> 20
+            )));
+        }
+        c.limits.buffer_memory = n;
+    }
+    if let Some(n) = l.max_connections_per_client {
+        c.limits.max_connections_per_client = super::PerClientCap {
+            limit: n,
+            local_exempt: false,
+        };
+    }
+    if let Some(v) = &l.send_timeout {
+        let d = src.key("limits.send_timeout").positive_duration(v)?;
+        c.limits.send_timeout = d;
+    }
+    // The front ends read the send timeout from their own settings.
+    c.http.settings.send_timeout = c.limits.send_timeout;
+    c.nbd.settings.send_timeout = c.limits.send_timeout;
+
+    let daemon = raw.daemon.unwrap_or_default();
+    if let Some(d) = ov.shutdown_timeout {
+        c.daemon.shutdown_timeout = Place::Flag("--shutdown-timeout").bounded(d)?;
+    } else if let Some(v) = &daemon.shutdown_timeout {
+        c.daemon.shutdown_timeout = src.key("daemon.shutdown_timeout").duration(v)?;
     }
 
     c.remote = super::remote::remote(&src, &cache, raw.s3.as_ref(), raw.remote.as_ref())?;

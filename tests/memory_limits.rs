@@ -1,0 +1,283 @@
+//! Bounded memory whatever clients do (issue 12), against the real binary: stalled readers
+//! (HTTP and NBD) hold no response buffers and are closed by the send timeout while a fresh
+//! client is served; idle NBD connections give back what a burst took; the per-client cap.
+//! RSS, threads and fds come from /proc/PID of the daemon. The tests take turns (one lock), so
+//! one's load does not disturb another's counts.
+#![allow(clippy::unwrap_used)]
+
+mod http_support;
+mod memory_support;
+
+use std::io::Read;
+use std::net::{Ipv4Addr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use memory_support::{
+    Daemon, connect_from, http_get, http_get_on, http_status, mib, nbd_handshake,
+};
+
+static TURN: Mutex<()> = Mutex::new(());
+
+const MIB: u64 = 1 << 20;
+/// Size of the served stream.
+const STREAM: usize = 64 << 20;
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    TURN.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[test]
+fn stalled_readers_hold_no_buffers_a_fresh_client_is_served_and_the_send_timeout_closes_them() {
+    let _t = turn();
+    let (archive, data) = http_support::cached_archive("memory", STREAM, 5);
+    // The default configuration, but a send timeout short enough for a test.
+    let d = Daemon::start(&archive, "[limits]\nsend_timeout = \"10s\"\n");
+    // Warm up: pool threads, the cache holding the whole stream (64 MiB of the 256 MiB).
+    assert_eq!(http_get(d.http, "/disk", None).1.len(), STREAM);
+    let base_rss = d.rss();
+    let base_threads = d.threads();
+    let base_fds = d.fds();
+    let budget = d.metric("hexzd_buffer_memory_bytes");
+    assert_eq!(budget, 256 * MIB, "the default budget");
+
+    // 300 HTTP clients ask for the whole 64 MiB stream and never read.
+    let mut stalled: Vec<TcpStream> = Vec::new();
+    for _ in 0..300 {
+        let mut s = TcpStream::connect(d.http).unwrap();
+        std::io::Write::write_all(&mut s, b"GET /disk HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        stalled.push(s);
+    }
+    // 24 NBD clients send 4 READs of 32 MiB each and never read the replies.
+    let mut nbd_stalled = Vec::new();
+    for _ in 0..24 {
+        let mut c = nbd_handshake(TcpStream::connect(d.nbd).unwrap()).unwrap();
+        for i in 0..4u64 {
+            c.send_read(i, (i % 2) * (32 * MIB), 32 << 20);
+        }
+        nbd_stalled.push(c);
+    }
+    // Every one of them is open, and every one has given its buffers back.
+    let settled = d.wait(Duration::from_secs(60), |d| {
+        d.metric("hexzd_http_connections_active") >= 300
+            && d.metric("hexzd_nbd_connections_active") == 24
+            && d.metric("hexzd_buffer_memory_used_bytes") == 0
+    });
+    assert!(
+        settled,
+        "stalled clients did not settle: http {} nbd {} used {} waits {}",
+        d.metric("hexzd_http_connections_active"),
+        d.metric("hexzd_nbd_connections_active"),
+        d.metric("hexzd_buffer_memory_used_bytes"),
+        d.metric("hexzd_buffer_memory_waits_total"),
+    );
+    let stalled_rss = d.rss();
+    let per_conn = stalled_rss.saturating_sub(base_rss) / 324;
+    eprintln!(
+        "324 stalled connections: RSS {:.1} -> {:.1} MiB ({:.0} KiB each), threads {base_threads} -> {}",
+        mib(base_rss),
+        mib(stalled_rss),
+        per_conn as f64 / 1024.0,
+        d.threads()
+    );
+    assert!(
+        per_conn <= 512 << 10,
+        "{} KiB per stalled connection",
+        per_conn >> 10
+    );
+
+    // A fresh client is served while they are still open.
+    let (status, body) = http_get(d.http, "/disk", Some("1000-1049575"));
+    assert_eq!(status, 206);
+    assert!(body == data[1000..1_049_576]);
+    let mut fresh = nbd_handshake(TcpStream::connect(d.nbd).unwrap()).unwrap();
+    fresh.send_read(7, 5 * MIB, 32 << 20);
+    let (cookie, got) = fresh.read_reply(32 << 20);
+    assert_eq!(cookie, 7);
+    assert!(got == data[5 << 20..37 << 20]);
+    drop(fresh);
+    assert_eq!(
+        d.metric("hexzd_http_send_timeouts_total") + d.metric("hexzd_nbd_send_timeouts_total"),
+        0,
+        "the fresh clients were served before any stalled one was closed"
+    );
+    assert_eq!(d.metric("hexzd_buffer_memory_timeouts_total"), 0);
+
+    // The send timeout closes every stalled connection (nbd.idle_timeout is 0: never idle).
+    let closed = d.wait(Duration::from_secs(60), |d| {
+        d.metric("hexzd_http_send_timeouts_total") >= 300
+            && d.metric("hexzd_nbd_send_timeouts_total") >= 24
+            && d.metric("hexzd_nbd_connections_active") == 0
+    });
+    assert!(closed, "stalled clients not closed:\n{}", d.log_text());
+    // The clients see the end of their streams.
+    for s in &mut stalled {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    }
+    drop(stalled);
+    drop(nbd_stalled);
+    let peak = d.status("VmHWM");
+    let growth = peak.saturating_sub(base_rss);
+    eprintln!(
+        "peak RSS {:.1} MiB: growth {:.1} MiB (budget 256 + cache 256 + 64 allowed)",
+        mib(peak),
+        mib(growth)
+    );
+    assert!(
+        growth <= budget + 256 * MIB + 64 * MIB,
+        "RSS grew by {:.1} MiB",
+        mib(growth)
+    );
+    // Threads and fds come back.
+    let back = d.wait(Duration::from_secs(30), |d| {
+        d.threads() <= base_threads + 2 && d.fds() <= base_fds + 2
+    });
+    assert!(
+        back,
+        "threads {} (were {base_threads}), fds {} (were {base_fds})",
+        d.threads(),
+        d.fds()
+    );
+    // Logged once per event class and second, not once per connection.
+    let timeouts_logged = d
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("send_timeout"))
+        .count();
+    assert!(
+        timeouts_logged < 100,
+        "{timeouts_logged} send-timeout lines"
+    );
+}
+
+#[test]
+fn idle_nbd_connections_after_a_burst_cost_what_they_cost_before() {
+    let _t = turn();
+    let (archive, data) = http_support::cached_archive("memory", STREAM, 5);
+    let d = Daemon::start(&archive, "");
+    // Two bursts first, so the block cache holds what the bursts below read (it admits a
+    // block on its second miss).
+    let burst = |c: &mut memory_support::Nbd<TcpStream>| {
+        for i in 0..16u64 {
+            c.send_read(i, i * 2 * MIB, 2 << 20);
+        }
+        for _ in 0..16 {
+            let (cookie, got) = c.read_reply(2 << 20);
+            let at = memory_support_offset(cookie);
+            assert!(got == data[at..at + (2 << 20)]);
+        }
+    };
+    let mut warm = nbd_handshake(TcpStream::connect(d.nbd).unwrap()).unwrap();
+    burst(&mut warm);
+    burst(&mut warm);
+    drop(warm);
+    assert!(d.wait(
+        Duration::from_secs(10),
+        |d| d.metric("hexzd_nbd_connections_active") == 0
+    ));
+    let base_threads = d.threads();
+
+    // 20 connections, idle after their handshake: what an idle connection costs.
+    let mut conns: Vec<_> = (0..20)
+        .map(|_| nbd_handshake(TcpStream::connect(d.nbd).unwrap()).unwrap())
+        .collect();
+    assert!(d.wait(
+        Duration::from_secs(10),
+        |d| d.metric("hexzd_nbd_connections_active") == 20
+    ));
+    let before = d.rss();
+    // One burst of 16 concurrent 2 MiB READs each, then idle.
+    for c in &mut conns {
+        burst(c);
+    }
+    let after_burst = d.rss();
+    // Idle handlers give their buffers back and all but one exit.
+    let reaped = d.wait(Duration::from_secs(30), |d| {
+        d.threads() <= base_threads + 20 * 2 && d.metric("hexzd_buffer_memory_used_bytes") == 0
+    });
+    assert!(reaped, "threads {} (base {base_threads})", d.threads());
+    let idle = d.rss();
+    let per_conn = idle.saturating_sub(before) / 20;
+    eprintln!(
+        "20 idle NBD connections: RSS {:.1} MiB before the burst, {:.1} MiB after it, {:.1} MiB \
+         once idle ({:.0} KiB per connection more than before)",
+        mib(before),
+        mib(after_burst),
+        mib(idle),
+        per_conn as f64 / 1024.0
+    );
+    assert!(
+        per_conn <= MIB,
+        "{:.1} MiB per idle connection",
+        mib(per_conn)
+    );
+    // Still served.
+    burst(&mut conns[0]);
+}
+
+/// The stream offset of a burst's reply, from its cookie.
+fn memory_support_offset(cookie: u64) -> usize {
+    usize::try_from(cookie * 2 * MIB).unwrap()
+}
+
+#[test]
+fn a_client_at_its_cap_is_refused_and_another_client_is_not() {
+    let _t = turn();
+    let (archive, data) = http_support::cached_archive("memory-small", 1 << 20, 6);
+    let d = Daemon::start(&archive, "[limits]\nmax_connections_per_client = 2\n");
+    let one = Ipv4Addr::new(127, 0, 0, 1);
+    let two = Ipv4Addr::new(127, 0, 0, 2);
+
+    // HTTP: two idle connections from 127.0.0.1 are admitted, the third is answered 503.
+    let held: Vec<_> = (0..2).map(|_| connect_from(one, d.http)).collect();
+    assert!(d.wait(
+        Duration::from_secs(10),
+        |d| d.metric("hexzd_http_connections_active") >= 3
+    ));
+    let mut third = connect_from(one, d.http);
+    let mut refused = Vec::new();
+    third.read_to_end(&mut refused).unwrap();
+    let text = String::from_utf8_lossy(&refused);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("Retry-After: 1"), "{text}");
+    // 127.0.0.2 is another client.
+    let mut other = connect_from(two, d.http);
+    let (status, body) = http_get_on(&mut other, "/disk", Some("0-99"));
+    assert_eq!((status, body.as_slice()), (206, &data[..100]));
+
+    // NBD: the same, and a refusal is a close before the greeting.
+    let nbd_held: Vec<_> = (0..2)
+        .map(|_| nbd_handshake(connect_from(one, d.nbd)).unwrap())
+        .collect();
+    assert!(nbd_handshake(connect_from(one, d.nbd)).is_none());
+    let mut c = nbd_handshake(connect_from(two, d.nbd)).unwrap();
+    c.send_read(1, 0, 4096);
+    assert!(c.read_reply(4096).1 == data[..4096]);
+
+    // Unix-socket peers count by user: this test's uid has its two connections.
+    let unix: Vec<_> = (0..2)
+        .map(|_| nbd_handshake(UnixStream::connect(&d.unix).unwrap()).unwrap())
+        .collect();
+    assert!(nbd_handshake(UnixStream::connect(&d.unix).unwrap()).is_none());
+
+    assert_eq!(
+        d.metric("hexzd_http_connections_rejected_per_client_total"),
+        1
+    );
+    assert_eq!(
+        d.metric("hexzd_nbd_connections_rejected_per_client_total"),
+        2
+    );
+    // A slot comes back when its connection closes.
+    drop(held);
+    assert!(d.wait(Duration::from_secs(10), |_| http_status(
+        d.http,
+        "/disk",
+        Some("0-9")
+    ) == Some(206)));
+    drop((nbd_held, unix));
+}
