@@ -5,7 +5,16 @@
 //! Every option is answered (unknown ones with `NBD_REP_ERR_UNSUP`); the connection is dropped
 //! only for protocol violations the client cannot recover from: bad client flags, a bad option
 //! magic, option data over [`MAX_OPTION_DATA`], more than [`MAX_OPTIONS`] options, and an
-//! EXPORT_NAME for an export that does not exist (that option has no error reply).
+//! EXPORT_NAME for an export that does not exist, or before TLS when TLS is required (that
+//! option has no error reply).
+//!
+//! TLS (the NBD protocol's "TLS support", nbdkit's `--tls` modes as [`TlsMode`]):
+//! `NBD_OPT_STARTTLS` is acknowledged and the handshake ends with [`Outcome::StartTls`]; the
+//! caller runs the TLS handshake and continues the option haggling over TLS with
+//! [`resume_after_tls`], with everything negotiated before TLS forgotten (structured replies,
+//! meta contexts) as nbdkit does. With [`TlsMode::Require`], every option before TLS but
+//! STARTTLS and ABORT is answered `NBD_REP_ERR_TLS_REQD`, so LIST and INFO reveal nothing.
+//! Each reply is flushed before the next option is read (a TLS writer queues records).
 
 use std::io::{self, Read, Write};
 
@@ -57,6 +66,9 @@ pub enum HandshakeError {
     /// NBD_OPT_EXPORT_NAME for a name not served (the protocol allows no error reply).
     #[error("NBD_OPT_EXPORT_NAME for unknown export {0:?}")]
     UnknownExport(String),
+    /// NBD_OPT_EXPORT_NAME before TLS on a server that requires TLS (no error reply exists).
+    #[error("NBD_OPT_EXPORT_NAME without TLS, which this server requires")]
+    TlsRequired,
 }
 
 impl HandshakeError {
@@ -64,6 +76,46 @@ impl HandshakeError {
     pub fn is_disconnect(&self) -> bool {
         matches!(self, HandshakeError::Io(e) if crate::serving::is_disconnect(e))
     }
+}
+
+/// When `NBD_OPT_STARTTLS` is accepted (nbdkit's `--tls=off|on|require`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// STARTTLS is refused with `NBD_REP_ERR_POLICY`.
+    #[default]
+    Off,
+    /// STARTTLS is accepted; clients may also go on in plaintext.
+    On,
+    /// Only STARTTLS and ABORT are accepted before TLS.
+    Require,
+}
+
+impl TlsMode {
+    /// The config spelling: `off`, `on`, `require`.
+    pub fn parse(s: &str) -> Option<TlsMode> {
+        match s {
+            "off" => Some(TlsMode::Off),
+            "on" => Some(TlsMode::On),
+            "require" => Some(TlsMode::Require),
+            _ => None,
+        }
+    }
+
+    /// The config spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsMode::Off => "off",
+            TlsMode::On => "on",
+            TlsMode::Require => "require",
+        }
+    }
+}
+
+/// What carries over the TLS upgrade: the client's flags and the option count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upgrade {
+    no_zeroes: bool,
+    options: usize,
 }
 
 /// The export the client chose and what was negotiated on the way.
@@ -92,6 +144,9 @@ pub enum Outcome {
     Transmission(Box<Session>),
     /// The client sent NBD_OPT_ABORT, which was acknowledged.
     Aborted,
+    /// The client sent NBD_OPT_STARTTLS, which was acknowledged: run the TLS handshake, then
+    /// [`resume_after_tls`] over it.
+    StartTls(Upgrade),
 }
 
 /// Transmission flags for an export (nbd.md §3.3): read-only, multi-connection safe (the data
@@ -111,6 +166,7 @@ pub fn transmission_flags(structured: bool) -> u16 {
 /// Negotiation state between options.
 struct State<'c> {
     catalog: &'c Catalog,
+    tls: Tls,
     no_zeroes: bool,
     structured: bool,
     /// The export (snapshot name, stream) `base:allocation` was selected for.
@@ -119,29 +175,88 @@ struct State<'c> {
     data: Vec<u8>,
 }
 
-/// Runs the handshake: greeting, client flags, options. Returns the chosen export, or
-/// `Aborted`, or an error after which the connection must be closed.
+/// Where the connection stands with TLS during option haggling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tls {
+    /// Plaintext, under this mode.
+    Plain(TlsMode),
+    /// TLS has been negotiated.
+    Active,
+}
+
+/// Runs the handshake without TLS: greeting, client flags, options. Returns the chosen
+/// export, or `Aborted`, or an error after which the connection must be closed.
 pub fn negotiate<R: Read, W: Write>(
     r: &mut R,
     w: &mut W,
     catalog: &Catalog,
 ) -> Result<Outcome, HandshakeError> {
+    negotiate_tls(r, w, catalog, TlsMode::Off)
+}
+
+/// Runs the handshake with STARTTLS handled per `mode`: as [`negotiate`], and
+/// [`Outcome::StartTls`] when the client asks for TLS and `mode` allows it.
+pub fn negotiate_tls<R: Read, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    catalog: &Catalog,
+    mode: TlsMode,
+) -> Result<Outcome, HandshakeError> {
     w.write_all(&greeting(SERVER_HANDSHAKE_FLAGS))?;
+    w.flush()?;
     let mut cf = [0u8; 4];
     r.read_exact(&mut cf)?;
     let client_flags = u32::from_be_bytes(cf);
     if client_flags & !KNOWN_CLIENT_FLAGS != 0 || client_flags & NBD_FLAG_C_FIXED_NEWSTYLE == 0 {
         return Err(HandshakeError::ClientFlags(client_flags));
     }
-    let mut st = State {
-        catalog,
-        no_zeroes: client_flags & NBD_FLAG_C_NO_ZEROES != 0,
-        structured: false,
-        meta: None,
-        options: 0,
-        data: Vec::new(),
-    };
+    options(
+        r,
+        w,
+        State {
+            catalog,
+            tls: Tls::Plain(mode),
+            no_zeroes: client_flags & NBD_FLAG_C_NO_ZEROES != 0,
+            structured: false,
+            meta: None,
+            options: 0,
+            data: Vec::new(),
+        },
+    )
+}
+
+/// Continues the option haggling over TLS after [`Outcome::StartTls`] (`r` and `w` are the
+/// TLS halves), afresh: nothing negotiated before TLS holds (nbdkit does the same).
+pub fn resume_after_tls<R: Read, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    catalog: &Catalog,
+    upgrade: Upgrade,
+) -> Result<Outcome, HandshakeError> {
+    options(
+        r,
+        w,
+        State {
+            catalog,
+            tls: Tls::Active,
+            no_zeroes: upgrade.no_zeroes,
+            structured: false,
+            meta: None,
+            options: upgrade.options,
+            data: Vec::new(),
+        },
+    )
+}
+
+/// The option loop, until an option ends the handshake. Every reply is flushed before the
+/// next option is read.
+fn options<R: Read, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    mut st: State<'_>,
+) -> Result<Outcome, HandshakeError> {
     loop {
+        w.flush()?;
         let mut hb = [0u8; OPTION_HEADER_LEN];
         r.read_exact(&mut hb)?;
         let h = OptionHeader::decode(&hb)?;
@@ -160,6 +275,7 @@ pub fn negotiate<R: Read, W: Write>(
         r.read_exact(&mut st.data)?;
         log::trace!("nbd: {} with {} bytes", OptName(h.option), h.length);
         if let Some(outcome) = st.option(h.option, w)? {
+            w.flush()?;
             return Ok(outcome);
         }
     }
@@ -172,6 +288,21 @@ impl State<'_> {
         option: u32,
         w: &mut W,
     ) -> Result<Option<Outcome>, HandshakeError> {
+        if self.tls == Tls::Plain(TlsMode::Require)
+            && !matches!(option, NBD_OPT_STARTTLS | NBD_OPT_ABORT)
+        {
+            if option == NBD_OPT_EXPORT_NAME {
+                // No error reply exists for EXPORT_NAME: the protocol says to end the session.
+                return Err(HandshakeError::TlsRequired);
+            }
+            w.write_all(&option_error(
+                option,
+                NBD_REP_ERR_TLS_REQD,
+                "this server requires TLS: send NBD_OPT_STARTTLS first (nbds:// URIs, \
+                 --tls-creds, nbd-client -enable-tls)",
+            ))?;
+            return Ok(None);
+        }
         match option {
             NBD_OPT_EXPORT_NAME => self.export_name(w).map(Some),
             NBD_OPT_ABORT => {
@@ -188,14 +319,7 @@ impl State<'_> {
                 }
                 Ok(None)
             }
-            NBD_OPT_STARTTLS => {
-                w.write_all(&option_error(
-                    option,
-                    NBD_REP_ERR_POLICY,
-                    "TLS is not supported by this server",
-                ))?;
-                Ok(None)
-            }
+            NBD_OPT_STARTTLS => self.starttls(w),
             NBD_OPT_INFO | NBD_OPT_GO => self.info_or_go(option, w),
             NBD_OPT_STRUCTURED_REPLY => {
                 if self.data.is_empty() {
@@ -221,6 +345,31 @@ impl State<'_> {
                 Ok(None)
             }
         }
+    }
+
+    /// NBD_OPT_STARTTLS: ACK (the TLS handshake follows), or why not.
+    fn starttls<W: Write>(&mut self, w: &mut W) -> Result<Option<Outcome>, HandshakeError> {
+        const OPT: u32 = NBD_OPT_STARTTLS;
+        if !self.data.is_empty() {
+            invalid(w, OPT, "NBD_OPT_STARTTLS takes no data")?;
+            return Ok(None);
+        }
+        match self.tls {
+            Tls::Active => invalid(w, OPT, "TLS is already active on this connection")?,
+            Tls::Plain(TlsMode::Off) => w.write_all(&option_error(
+                OPT,
+                NBD_REP_ERR_POLICY,
+                "TLS is not enabled on this server ([nbd] tls = \"on\" or \"require\")",
+            ))?,
+            Tls::Plain(TlsMode::On | TlsMode::Require) => {
+                w.write_all(&option_reply(OPT, NBD_REP_ACK, &[]))?;
+                return Ok(Some(Outcome::StartTls(Upgrade {
+                    no_zeroes: self.no_zeroes,
+                    options: self.options,
+                })));
+            }
+        }
+        Ok(None)
     }
 
     fn export_name<W: Write>(&mut self, w: &mut W) -> Result<Outcome, HandshakeError> {
