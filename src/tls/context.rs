@@ -43,6 +43,11 @@ impl TlsContext {
         load_logged(settings).map(|l| l.summary)
     }
 
+    /// The summary line of the certificates in effect.
+    pub fn check_summary(&self) -> String {
+        self.read().summary.clone()
+    }
+
     /// The HTTPS configuration for a new connection.
     pub fn http(&self) -> Arc<ServerConfig> {
         Arc::clone(&self.read().http)

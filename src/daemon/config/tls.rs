@@ -1,0 +1,93 @@
+//! The TLS settings: `[tls]` (`--tls-certificates`, `--tls-verify-peer`), `[http] listen_tls`
+//! (`--https`) and `[nbd] tls` (`--nbd-tls`). Whatever uses TLS needs a certificate
+//! directory, and the directory is read and checked here like any file the config names (its
+//! key is a secret read here); the daemon reads it again into its `tls::TlsContext` at start
+//! and on every reload, so a bad certificate fails start-up, or the reload, naming its file.
+
+use std::time::SystemTime;
+
+use super::raw::{RawHttp, RawNbd, RawTls};
+use super::validate::{Place, Source};
+use super::{ConfigError, Overrides};
+use crate::nbd::TlsMode;
+use crate::tls::TlsSettings;
+
+/// The validated TLS settings.
+pub(super) struct Validated {
+    pub tls: Option<TlsSettings>,
+    pub listen_tls: Vec<String>,
+    pub nbd_tls: TlsMode,
+}
+
+/// Validates the TLS settings of the file (`tls`, `http.listen_tls`, `nbd.tls`) with the
+/// command line's over them.
+pub(super) fn tls(
+    src: &Source<'_>,
+    raw: Option<&RawTls>,
+    http: &RawHttp,
+    nbd: &RawNbd,
+    ov: &Overrides,
+) -> Result<Validated, ConfigError> {
+    let (certificates, cert_place) = match (&ov.tls_certificates, raw.and_then(|t| t.certificates.as_ref())) {
+        (Some(d), _) => (Some(d.clone()), Place::Flag("--tls-certificates")),
+        (None, Some(d)) => (Some(src.resolve(d)), src.key("tls.certificates")),
+        (None, None) => (None, src.key("tls.certificates")),
+    };
+    let verify_peer = ov.tls_verify_peer || raw.and_then(|t| t.verify_peer).unwrap_or(false);
+    let (listen_tls, https_place) = match (&ov.https_listen, &http.listen_tls) {
+        (Some(l), _) => (l.clone(), Place::Flag("--https")),
+        (None, Some(l)) => (l.clone(), src.key("http.listen_tls")),
+        (None, None) => (Vec::new(), src.key("http.listen_tls")),
+    };
+    let (nbd_tls, nbd_place) = match (ov.nbd_tls, &nbd.tls) {
+        (Some(m), _) => (m, Place::Flag("--nbd-tls")),
+        (None, Some(s)) => {
+            let place = src.key("nbd.tls");
+            let m = TlsMode::parse(s).ok_or_else(|| {
+                place.invalid(format!("{s:?} is not a TLS mode (off, on or require)"))
+            })?;
+            (m, place)
+        }
+        (None, None) => (TlsMode::Off, src.key("nbd.tls")),
+    };
+    let Some(dir) = certificates else {
+        let needs = if !listen_tls.is_empty() {
+            Some((https_place, "HTTPS listeners need"))
+        } else if nbd_tls != TlsMode::Off {
+            Some((nbd_place, "NBD over TLS needs"))
+        } else if verify_peer {
+            Some((
+                if ov.tls_verify_peer {
+                    Place::Flag("--tls-verify-peer")
+                } else {
+                    src.key("tls.verify_peer")
+                },
+                "checking client certificates needs",
+            ))
+        } else {
+            None
+        };
+        if let Some((place, what)) = needs {
+            return Err(place.invalid(format!(
+                "{what} certificates: set [tls] certificates = DIR or --tls-certificates DIR \
+                 (a directory with server-cert.pem, server-key.pem and ca-cert.pem)"
+            )));
+        }
+        return Ok(Validated {
+            tls: None,
+            listen_tls,
+            nbd_tls,
+        });
+    };
+    let settings = TlsSettings {
+        certificates: dir,
+        verify_peer,
+    };
+    crate::tls::certs::load(&settings.certificates, verify_peer, SystemTime::now())
+        .map_err(|e| cert_place.invalid(e.to_string()))?;
+    Ok(Validated {
+        tls: Some(settings),
+        listen_tls,
+        nbd_tls,
+    })
+}
