@@ -51,7 +51,10 @@ fn a_good_directory_passes_check_config_with_its_expiry() {
 fn https_without_certificates_is_a_config_error() {
     let (ok, _, err) = check(&[]);
     assert!(!ok);
-    assert!(err.contains("--https: HTTPS listeners need certificates"), "{err}");
+    assert!(
+        err.contains("--https: HTTPS listeners need certificates"),
+        "{err}"
+    );
     let o = systemd_support::serve_command()
         .args(["--check-config", "--nbd-tls", "require"])
         .arg(fixture("mixed-lz4.hxz"))
@@ -69,13 +72,19 @@ fn missing_and_unusable_files_are_named() {
     let pki = Pki::new();
     let (ok, _, err) = with_dir(&pki.tmp.path().join("nope"));
     assert!(!ok);
-    assert!(err.contains("nope: cannot open the certificate directory"), "{err}");
+    assert!(
+        err.contains("nope: cannot open the certificate directory"),
+        "{err}"
+    );
 
     // A key that belongs to another certificate.
     std::fs::copy(pki.file("client-key.pem"), pki.file("server-key.pem")).unwrap();
     let (ok, _, err) = with_dir(&pki.dir);
     assert!(!ok);
-    assert!(err.contains("server-key.pem: this key does not belong to the certificate"), "{err}");
+    assert!(
+        err.contains("server-key.pem: this key does not belong to the certificate"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 
     // An encrypted key.
@@ -90,7 +99,10 @@ fn missing_and_unusable_files_are_named() {
     assert!(out.status.success());
     let (ok, _, err) = with_dir(&pki.dir);
     assert!(!ok);
-    assert!(err.contains("server-key.pem: the key is encrypted"), "{err}");
+    assert!(
+        err.contains("server-key.pem: the key is encrypted"),
+        "{err}"
+    );
 
     // No certificate file; a certificate file that is not PEM.
     std::fs::remove_file(pki.file("server-cert.pem")).unwrap();
@@ -100,7 +112,10 @@ fn missing_and_unusable_files_are_named() {
     std::fs::write(pki.file("server-cert.pem"), "hello\n").unwrap();
     let (ok, _, err) = with_dir(&pki.dir);
     assert!(!ok);
-    assert!(err.contains("server-cert.pem: holds no certificate"), "{err}");
+    assert!(
+        err.contains("server-cert.pem: holds no certificate"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -133,7 +148,9 @@ fn an_expired_certificate_and_a_world_readable_key_are_warnings() {
     let (ok, _, err) = with_dir(&pki.dir);
     assert!(ok, "{err}");
     assert!(
-        err.contains("server-cert.pem: the certificate (CN=localhost) expired on 2020-01-02T00:00:00Z"),
+        err.contains(
+            "server-cert.pem: the certificate (CN=localhost) expired on 2020-01-02T00:00:00Z"
+        ),
         "{err}"
     );
     assert!(
@@ -156,9 +173,24 @@ fn expire_server_certificate(pki: &Pki) {
     std::fs::write(d.join("serial"), "1000\n").unwrap();
     let o = Command::new("openssl")
         .args([
-            "ca", "-batch", "-config", "ca.cnf", "-cert", "ca-cert.pem", "-keyfile",
-            "ca-key.pem", "-in", "server.csr", "-out", "server-cert.pem", "-notext",
-            "-startdate", "20200101000000Z", "-enddate", "20200102000000Z", "-extfile",
+            "ca",
+            "-batch",
+            "-config",
+            "ca.cnf",
+            "-cert",
+            "ca-cert.pem",
+            "-keyfile",
+            "ca-key.pem",
+            "-in",
+            "server.csr",
+            "-out",
+            "server-cert.pem",
+            "-notext",
+            "-startdate",
+            "20200101000000Z",
+            "-enddate",
+            "20200102000000Z",
+            "-extfile",
             "server.ext",
         ])
         .current_dir(d)

@@ -3,7 +3,7 @@
 //! client certificate; the bearer token and `/metrics` over TLS; a plaintext request to the
 //! HTTPS port and a TLS hello to the HTTP port each refused cheaply. Certificates are made in
 //! the test with `openssl`.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 mod systemd_support;
 mod tls_support;
@@ -63,7 +63,12 @@ fn curl_ranges_multi_range_and_resume_over_https_are_exact() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("part");
     std::fs::write(&out, &img[..300_000]).unwrap();
-    let o = curl(port, &pki, &["-C", "-", "-o", out.to_str().unwrap()], "/disk");
+    let o = curl(
+        port,
+        &pki,
+        &["-C", "-", "-o", out.to_str().unwrap()],
+        "/disk",
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(std::fs::read(&out).unwrap() == img);
 
@@ -140,11 +145,19 @@ fn verify_peer_serves_a_client_certificate_of_the_ca_and_refuses_none() {
     let o = curl(
         port,
         &pki,
-        &["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()],
+        &[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
         "/metrics",
     );
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("hexzd_http_tls_handshake_failures_total 1"), "{text}");
+    assert!(
+        text.contains("hexzd_http_tls_handshake_failures_total 1"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -172,7 +185,12 @@ fn the_bearer_token_and_metrics_work_over_https() {
         "/disk",
     );
     assert!(o.stdout == mixed()[..4]);
-    let o = curl(port, &pki, &["-H", "Authorization: Bearer s3cret"], "/metrics");
+    let o = curl(
+        port,
+        &pki,
+        &["-H", "Authorization: Bearer s3cret"],
+        "/metrics",
+    );
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("hexzd_http_tls_handshakes_total 3"), "{text}");
 }
@@ -188,7 +206,8 @@ fn plaintext_on_the_https_port_gets_a_plain_400_and_tls_on_the_http_port_an_aler
     let http = d.port("HTTP");
 
     let mut s = TcpStream::connect(("127.0.0.1", https)).unwrap();
-    s.write_all(b"GET /disk HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /disk HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut answer = String::new();
     s.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");

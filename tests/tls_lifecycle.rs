@@ -59,7 +59,10 @@ fn renewal(pki: &Pki, d: &mut Daemon, port: u16, reloaded: &str) {
     std::fs::write(pki.file("server-cert.pem"), "not a certificate\n").unwrap();
     d.signal(libc::SIGHUP);
     let line = d.wait_for("reload failed");
-    assert!(line.contains("server-cert.pem: holds no certificate"), "{line}");
+    assert!(
+        line.contains("server-cert.pem: holds no certificate"),
+        "{line}"
+    );
     let mut again = tls_connect(port, client_config(&new_ca, None)).unwrap();
     assert_eq!(get(&mut again, "/disk", Some((30, 39))).1, img[30..40]);
     assert_eq!(get(&mut open, "/disk", Some((40, 49))).1, img[40..50]);
@@ -92,7 +95,12 @@ fn sighup_without_a_config_file_re_reads_the_certificates_of_the_command_line() 
     }
     let pki = Pki::new();
     let (mut d, port) = https_daemon(&pki, None);
-    renewal(&pki, &mut d, port, "reload: no config file; TLS certificates");
+    renewal(
+        &pki,
+        &mut d,
+        port,
+        "reload: no config file; TLS certificates",
+    );
 }
 
 /// True once the server closed `s` (EOF or reset) within [`LIMIT`].
@@ -177,7 +185,9 @@ fn a_renegotiation_attempt_closes_only_its_connection() {
     still_serves(&pki, port);
     let lines = d.lines();
     assert!(
-        lines.iter().all(|l| !l.starts_with("WARN") && !l.starts_with("ERROR")),
+        lines
+            .iter()
+            .all(|l| !l.starts_with("WARN") && !l.starts_with("ERROR")),
         "{lines:?}"
     );
 }

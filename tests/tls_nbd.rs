@@ -44,7 +44,10 @@ fn nbd_serve(pki: &Pki, mode: &str, extra: &[&str]) -> (systemd_support::Daemon,
 }
 
 fn nbds(port: u16, dir: &std::path::Path) -> String {
-    format!("nbds://localhost:{port}/?tls-certificates={}", dir.display())
+    format!(
+        "nbds://localhost:{port}/?tls-certificates={}",
+        dir.display()
+    )
 }
 
 fn nbdcopy_equals(uri: &str) {
@@ -52,7 +55,10 @@ fn nbdcopy_equals(uri: &str) {
     let out = dir.path().join("out.img");
     let o = run(Command::new("nbdcopy").arg(uri).arg(&out));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(std::fs::read(&out).unwrap() == mixed(), "nbdcopy over TLS differs");
+    assert!(
+        std::fs::read(&out).unwrap() == mixed(),
+        "nbdcopy over TLS differs"
+    );
 }
 
 /// A raw client after the greeting: sends options, reads replies.
@@ -118,7 +124,10 @@ fn nbdinfo_and_nbdcopy_over_tls_with_tls_on_and_plaintext_too() {
     let o = run(Command::new("nbdinfo")
         .arg("--size")
         .arg(format!("nbd://localhost:{port}/")));
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), mixed().len().to_string());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        mixed().len().to_string()
+    );
 }
 
 #[test]

@@ -51,8 +51,8 @@ fn tls_on(sock: TcpStream, pki: &Pki) -> tls_support::Tls {
 }
 
 fn metric(port: u16, pki: &Pki, name: &str) -> u64 {
-    let mut s = tls_support::tls_connect(port, client_config(&pki.file("ca-cert.pem"), None))
-        .unwrap();
+    let mut s =
+        tls_support::tls_connect(port, client_config(&pki.file("ca-cert.pem"), None)).unwrap();
     let (_, body) = get(&mut s, "/metrics", None);
     let text = String::from_utf8(body).unwrap();
     text.lines()
@@ -81,14 +81,23 @@ fn paused_and_stopped_tls_readers_keep_the_stream_exact_and_hold_no_buffer() {
     )
     .unwrap();
     let mut cmd = serve_command();
-    cmd.args(["--http", "off", "--nbd", "off", "--https", "127.0.0.1:0", "--config"])
-        .arg(&cfg);
+    cmd.args([
+        "--http",
+        "off",
+        "--nbd",
+        "off",
+        "--https",
+        "127.0.0.1:0",
+        "--config",
+    ])
+    .arg(&cfg);
     let mut d = Daemon::spawn(cmd);
     let port = d.port("HTTPS");
 
     // A reader that pauses twice for longer than the stall tick.
     let mut s = tls_on(small_window(port), &pki);
-    s.write_all(b"GET /disk HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /disk HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     s.flush().unwrap();
     let mut got = Vec::with_capacity(BIG + 1024);
     let mut buf = vec![0u8; 1 << 16];

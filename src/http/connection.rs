@@ -200,7 +200,10 @@ impl<'a> Connection<'a> {
         } else if self.conn.is_tls() && e.kind() == io::ErrorKind::InvalidData {
             // A TLS protocol error is the client's (an alert it sent, a bad record): like a
             // malformed request, it is logged at debug level only.
-            log::debug!("{}: TLS error while {what}: {e}; connection closed", self.peer);
+            log::debug!(
+                "{}: TLS error while {what}: {e}; connection closed",
+                self.peer
+            );
         } else if what == "sending a response" && e.kind() == io::ErrorKind::TimedOut {
             ProtoMetrics::add(&m.send_timeouts, 1);
             if let Some(n) = m.send_timeout_log.ready() {

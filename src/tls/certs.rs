@@ -106,18 +106,16 @@ pub fn load(dir: &Path, verify_peer: bool, now: SystemTime) -> Result<Loaded, Tl
     } else {
         builder.with_no_client_auth()
     };
-    let nbd = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| match e {
-            rustls::Error::InconsistentKeys(_) => TlsError::File {
-                path: key_path.clone(),
-                problem: format!("this key does not belong to the certificate in {SERVER_CERT}"),
-            },
-            e => TlsError::File {
-                path: key_path.clone(),
-                problem: format!("unusable key or certificate: {e}"),
-            },
-        })?;
+    let nbd = builder.with_single_cert(chain, key).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => TlsError::File {
+            path: key_path.clone(),
+            problem: format!("this key does not belong to the certificate in {SERVER_CERT}"),
+        },
+        e => TlsError::File {
+            path: key_path.clone(),
+            problem: format!("unusable key or certificate: {e}"),
+        },
+    })?;
     let mut http = nbd.clone();
     http.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
     let summary = format!(

@@ -83,7 +83,10 @@ impl TlsContext {
     pub fn commit(&self, settings: TlsSettings, loaded: Loaded) -> String {
         let summary = loaded.summary.clone();
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = loaded;
-        *self.settings.write().unwrap_or_else(PoisonError::into_inner) = settings;
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = settings;
         summary
     }
 

@@ -223,10 +223,7 @@ pub fn accept(
             shared: Arc::clone(&shared),
             timeout: None,
         },
-        TlsWriter {
-            shared,
-            tick: None,
-        },
+        TlsWriter { shared, tick: None },
     ))
 }
 

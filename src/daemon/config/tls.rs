@@ -28,7 +28,10 @@ pub(super) fn tls(
     nbd: &RawNbd,
     ov: &Overrides,
 ) -> Result<Validated, ConfigError> {
-    let (certificates, cert_place) = match (&ov.tls_certificates, raw.and_then(|t| t.certificates.as_ref())) {
+    let (certificates, cert_place) = match (
+        &ov.tls_certificates,
+        raw.and_then(|t| t.certificates.as_ref()),
+    ) {
         (Some(d), _) => (Some(d.clone()), Place::Flag("--tls-certificates")),
         (None, Some(d)) => (Some(src.resolve(d)), src.key("tls.certificates")),
         (None, None) => (None, src.key("tls.certificates")),
