@@ -18,8 +18,12 @@
 
 use std::io::{self, Read, Write};
 
+mod tls;
+
 use super::proto::*;
 use crate::format::Stream;
+use tls::Tls;
+pub use tls::{TlsMode, Upgrade};
 use crate::serving::names::{self, Export};
 use crate::serving::{Catalog, NamedSnapshot};
 
@@ -78,46 +82,6 @@ impl HandshakeError {
     }
 }
 
-/// When `NBD_OPT_STARTTLS` is accepted (nbdkit's `--tls=off|on|require`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TlsMode {
-    /// STARTTLS is refused with `NBD_REP_ERR_POLICY`.
-    #[default]
-    Off,
-    /// STARTTLS is accepted; clients may also go on in plaintext.
-    On,
-    /// Only STARTTLS and ABORT are accepted before TLS.
-    Require,
-}
-
-impl TlsMode {
-    /// The config spelling: `off`, `on`, `require`.
-    pub fn parse(s: &str) -> Option<TlsMode> {
-        match s {
-            "off" => Some(TlsMode::Off),
-            "on" => Some(TlsMode::On),
-            "require" => Some(TlsMode::Require),
-            _ => None,
-        }
-    }
-
-    /// The config spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            TlsMode::Off => "off",
-            TlsMode::On => "on",
-            TlsMode::Require => "require",
-        }
-    }
-}
-
-/// What carries over the TLS upgrade: the client's flags and the option count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Upgrade {
-    no_zeroes: bool,
-    options: usize,
-}
-
 /// The export the client chose and what was negotiated on the way.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -173,15 +137,6 @@ struct State<'c> {
     meta: Option<(String, Stream)>,
     options: usize,
     data: Vec<u8>,
-}
-
-/// Where the connection stands with TLS during option haggling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tls {
-    /// Plaintext, under this mode.
-    Plain(TlsMode),
-    /// TLS has been negotiated.
-    Active,
 }
 
 /// Runs the handshake without TLS: greeting, client flags, options. Returns the chosen
@@ -288,19 +243,7 @@ impl State<'_> {
         option: u32,
         w: &mut W,
     ) -> Result<Option<Outcome>, HandshakeError> {
-        if self.tls == Tls::Plain(TlsMode::Require)
-            && !matches!(option, NBD_OPT_STARTTLS | NBD_OPT_ABORT)
-        {
-            if option == NBD_OPT_EXPORT_NAME {
-                // No error reply exists for EXPORT_NAME: the protocol says to end the session.
-                return Err(HandshakeError::TlsRequired);
-            }
-            w.write_all(&option_error(
-                option,
-                NBD_REP_ERR_TLS_REQD,
-                "this server requires TLS: send NBD_OPT_STARTTLS first (nbds:// URIs, \
-                 --tls-creds, nbd-client -enable-tls)",
-            ))?;
+        if self.refused_before_tls(option, w)? {
             return Ok(None);
         }
         match option {
@@ -345,31 +288,6 @@ impl State<'_> {
                 Ok(None)
             }
         }
-    }
-
-    /// NBD_OPT_STARTTLS: ACK (the TLS handshake follows), or why not.
-    fn starttls<W: Write>(&mut self, w: &mut W) -> Result<Option<Outcome>, HandshakeError> {
-        const OPT: u32 = NBD_OPT_STARTTLS;
-        if !self.data.is_empty() {
-            invalid(w, OPT, "NBD_OPT_STARTTLS takes no data")?;
-            return Ok(None);
-        }
-        match self.tls {
-            Tls::Active => invalid(w, OPT, "TLS is already active on this connection")?,
-            Tls::Plain(TlsMode::Off) => w.write_all(&option_error(
-                OPT,
-                NBD_REP_ERR_POLICY,
-                "TLS is not enabled on this server ([nbd] tls = \"on\" or \"require\")",
-            ))?,
-            Tls::Plain(TlsMode::On | TlsMode::Require) => {
-                w.write_all(&option_reply(OPT, NBD_REP_ACK, &[]))?;
-                return Ok(Some(Outcome::StartTls(Upgrade {
-                    no_zeroes: self.no_zeroes,
-                    options: self.options,
-                })));
-            }
-        }
-        Ok(None)
     }
 
     fn export_name<W: Write>(&mut self, w: &mut W) -> Result<Outcome, HandshakeError> {
