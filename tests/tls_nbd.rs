@@ -256,3 +256,76 @@ fn garbage_or_silence_after_starttls_closes_only_that_connection() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(silent.closed());
 }
+
+#[test]
+fn replies_that_stall_mid_record_arrive_whole_after_the_client_reads_again() {
+    if !have("openssl") {
+        return;
+    }
+    const NBD_OPT_GO: u32 = 7;
+    const NBD_CMD_READ: u16 = 0;
+    let pki = Pki::new();
+    let (_d, port) = nbd_serve(&pki, "require", &[]);
+    let mut raw = Raw::connect(port);
+    raw.option(NBD_OPT_STARTTLS, &[]);
+    assert_eq!(raw.reply().1, NBD_REP_ACK);
+    // rustls on the same socket from here; a small receive window so replies back up.
+    nix::sys::socket::setsockopt(&raw.0, nix::sys::socket::sockopt::RcvBuf, &16384).unwrap();
+    let conn = rustls::ClientConnection::new(
+        tls_support::client_config(&pki.file("ca-cert.pem"), None),
+        "localhost".try_into().unwrap(),
+    )
+    .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, raw.0);
+    let mut go = 0u32.to_be_bytes().to_vec();
+    go.extend_from_slice(&0u16.to_be_bytes());
+    let mut m = IHAVEOPT.to_be_bytes().to_vec();
+    m.extend_from_slice(&NBD_OPT_GO.to_be_bytes());
+    m.extend_from_slice(&u32::try_from(go.len()).unwrap().to_be_bytes());
+    m.extend_from_slice(&go);
+    tls.write_all(&m).unwrap();
+    // Replies to GO: INFO (export), then ACK.
+    loop {
+        let mut h = [0u8; 20];
+        tls.read_exact(&mut h).unwrap();
+        let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
+        let len = u32::from_be_bytes(h[16..20].try_into().unwrap());
+        let mut data = vec![0; len as usize];
+        tls.read_exact(&mut data).unwrap();
+        if kind == NBD_REP_ACK {
+            break;
+        }
+        assert_eq!(kind, 3, "NBD_REP_INFO");
+    }
+    let img = mixed();
+    let len = u32::try_from(img.len()).unwrap();
+    // 24 whole-image READs (36 MiB of replies) sent at once; nothing read for 1.5 s: the
+    // server's writes stall (their tick is 500 ms) in the middle of TLS records.
+    for cookie in 0..24u64 {
+        let mut req = 0x2560_9513u32.to_be_bytes().to_vec();
+        req.extend_from_slice(&0u16.to_be_bytes());
+        req.extend_from_slice(&NBD_CMD_READ.to_be_bytes());
+        req.extend_from_slice(&cookie.to_be_bytes());
+        req.extend_from_slice(&0u64.to_be_bytes());
+        req.extend_from_slice(&len.to_be_bytes());
+        tls.write_all(&req).unwrap();
+    }
+    tls.flush().unwrap();
+    // Not a wait for readiness: this is the client under test not reading.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut seen = std::collections::HashSet::new();
+    let mut data = vec![0u8; img.len()];
+    for _ in 0..24 {
+        let mut h = [0u8; 16];
+        tls.read_exact(&mut h).unwrap();
+        assert_eq!(u32::from_be_bytes(h[..4].try_into().unwrap()), 0x6744_6698);
+        assert_eq!(
+            u32::from_be_bytes(h[4..8].try_into().unwrap()),
+            0,
+            "error reply"
+        );
+        assert!(seen.insert(u64::from_be_bytes(h[8..16].try_into().unwrap())));
+        tls.read_exact(&mut data).unwrap();
+        assert!(data == img, "a reply's data differs after a stall");
+    }
+}

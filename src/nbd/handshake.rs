@@ -22,10 +22,10 @@ mod tls;
 
 use super::proto::*;
 use crate::format::Stream;
-use tls::Tls;
-pub use tls::{TlsMode, Upgrade};
 use crate::serving::names::{self, Export};
 use crate::serving::{Catalog, NamedSnapshot};
+use tls::Tls;
+pub use tls::{TlsMode, Upgrade};
 
 /// Largest option data accepted; beyond it the client is disconnected without reading the data
 /// (nbd.md §2.2). Real options carry at most a 4 KiB name and a few queries.

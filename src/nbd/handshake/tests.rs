@@ -251,7 +251,10 @@ fn starttls_with_tls_on_is_acked_and_ends_the_plaintext_handshake() {
     );
     assert_eq!(types(&replies), vec![NBD_REP_ACK, NBD_REP_ACK]);
     assert_eq!(replies[1].0.option, NBD_OPT_STARTTLS);
-    assert!(rest.is_empty(), "nothing after the ACK: the TLS handshake follows");
+    assert!(
+        rest.is_empty(),
+        "nothing after the ACK: the TLS handshake follows"
+    );
     let Ok(Outcome::StartTls(up)) = r else {
         panic!("expected StartTls, got {r:?}");
     };
@@ -261,10 +264,7 @@ fn starttls_with_tls_on_is_acked_and_ends_the_plaintext_handshake() {
 
 #[test]
 fn starttls_with_data_is_err_invalid() {
-    let (r, replies, _) = run_tls(
-        Script::new(FLAGS).opt(NBD_OPT_STARTTLS, b"x"),
-        TlsMode::On,
-    );
+    let (r, replies, _) = run_tls(Script::new(FLAGS).opt(NBD_OPT_STARTTLS, b"x"), TlsMode::On);
     assert_eq!(types(&replies), vec![NBD_REP_ERR_INVALID]);
     assert!(r.is_err(), "the script ends: EOF");
 }
@@ -335,7 +335,10 @@ fn after_tls_options_start_afresh_and_a_second_starttls_is_err_invalid() {
     let Ok(Outcome::Transmission(s)) = r else {
         panic!("expected a session, got {r:?}");
     };
-    assert!(!s.structured, "the state starts afresh: no structured replies");
+    assert!(
+        !s.structured,
+        "the state starts afresh: no structured replies"
+    );
     let h = OptionReplyHeader::decode(out[..20].try_into().expect("20 bytes")).expect("header");
     assert_eq!(
         (h.option, h.reply_type),

@@ -83,7 +83,10 @@ impl State<'_> {
     }
 
     /// NBD_OPT_STARTTLS: ACK (the TLS handshake follows), or why not.
-    pub(super) fn starttls<W: Write>(&mut self, w: &mut W) -> Result<Option<Outcome>, HandshakeError> {
+    pub(super) fn starttls<W: Write>(
+        &mut self,
+        w: &mut W,
+    ) -> Result<Option<Outcome>, HandshakeError> {
         const OPT: u32 = NBD_OPT_STARTTLS;
         if !self.data.is_empty() {
             invalid(w, OPT, "NBD_OPT_STARTTLS takes no data")?;
