@@ -259,7 +259,7 @@ SERVERS_NBD+=(qemu-nbd)
 
 p=$(free_port)
 qemu-nbd -r -f raw -t -e 16 -b 127.0.0.1 -p "$p" -x '' \
-    --object "tls-creds-x509,id=tls0,dir=$TLS,endpoint=server" --tls-creds tls0 "$IMG" \
+    --object "tls-creds-x509,id=tls0,dir=$TLS,endpoint=server,verify-peer=off" --tls-creds tls0 "$IMG" \
     >"$RUN/qemu-nbd-tls.log" 2>&1 &
 PIDS+=($!) PID_OF[qemu-nbd-tls]=$!
 NBD_URL[qemu-nbd-tls]="nbds://localhost:$p/?tls-certificates=$TLS_CLIENT"
