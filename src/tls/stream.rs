@@ -13,7 +13,9 @@
 //! reply, and a stalled reply never holds up the reader. The alternative, a pump thread per
 //! connection relaying between the TCP socket and a plaintext socketpair, would leave the
 //! front ends untouched but copy every byte twice more and add a thread and two wake-ups per
-//! reply; measured with nbdcopy over TLS against plaintext in the README ("TLS").
+//! reply. Measured (README "TLS"): nbdcopy over TLS runs at 0.55 of its plaintext speed here
+//! (qemu-nbd's own TLS: 0.48), and a profile shows encryption (7 % of the server's CPU) and
+//! the copy into records, not the lock.
 //!
 //! **Writes that time out mid-record.** rustls encrypts what it accepts at once and keeps the
 //! records it has not sent yet. A write call first sends what is left of earlier records
