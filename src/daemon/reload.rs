@@ -93,7 +93,7 @@ impl Reloader {
         self.catalog.store(catalog);
         self.running.snapshots = new.snapshots;
         if let Some((ctx, settings, loaded)) = tls {
-            log::info!("reload: {}", ctx.commit(settings.clone(), loaded));
+            log::info!("reload: {}", ctx.commit(loaded));
             self.running.tls = Some(settings);
         }
         log::info!("reloaded {}: {summary}", file.display());
@@ -107,7 +107,7 @@ impl Reloader {
             log::info!("SIGHUP: no config file to re-read; snapshots unchanged");
             return ReloadOutcome::NoConfigFile;
         };
-        match ctx.reload(settings.clone()) {
+        match ctx.reload(settings) {
             Ok(summary) => {
                 log::info!("reload: no config file; {summary}");
                 ReloadOutcome::Reloaded(summary)

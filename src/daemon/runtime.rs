@@ -128,8 +128,8 @@ impl Runtime {
         let catalog = Arc::new(CatalogHandle::new(catalog));
         let tls = match &config.tls {
             Some(t) => {
-                let ctx = TlsContext::load(t.clone()).map_err(DaemonError::Tls)?;
-                log::info!("{}", TlsContext::check_summary(&ctx));
+                let ctx = TlsContext::load(t).map_err(DaemonError::Tls)?;
+                log::info!("{}", ctx.summary());
                 Some(Arc::new(ctx))
             }
             None => None,

@@ -21,20 +21,17 @@ pub struct TlsSettings {
     pub verify_peer: bool,
 }
 
-/// The certificates in effect and where they come from.
+/// The certificates in effect.
 #[derive(Debug)]
 pub struct TlsContext {
-    settings: RwLock<TlsSettings>,
     current: RwLock<Loaded>,
 }
 
 impl TlsContext {
     /// Loads `settings` once; the warnings are logged here.
-    pub fn load(settings: TlsSettings) -> Result<TlsContext, TlsError> {
-        let loaded = load_logged(&settings)?;
+    pub fn load(settings: &TlsSettings) -> Result<TlsContext, TlsError> {
         Ok(TlsContext {
-            settings: RwLock::new(settings),
-            current: RwLock::new(loaded),
+            current: RwLock::new(load_logged(settings)?),
         })
     }
 
@@ -44,7 +41,7 @@ impl TlsContext {
     }
 
     /// The summary line of the certificates in effect.
-    pub fn check_summary(&self) -> String {
+    pub fn summary(&self) -> String {
         self.read().summary.clone()
     }
 
@@ -58,19 +55,11 @@ impl TlsContext {
         Arc::clone(&self.read().nbd)
     }
 
-    /// The settings in effect.
-    pub fn settings(&self) -> TlsSettings {
-        self.settings
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
     /// Loads `settings` (the directory named again, or a new one) and, if everything checks
     /// out, makes it the configuration of new connections. On error nothing changes.
-    pub fn reload(&self, settings: TlsSettings) -> Result<String, TlsError> {
-        let loaded = self.prepare(&settings)?;
-        Ok(self.commit(settings, loaded))
+    pub fn reload(&self, settings: &TlsSettings) -> Result<String, TlsError> {
+        let loaded = self.prepare(settings)?;
+        Ok(self.commit(loaded))
     }
 
     /// The first half of a reload: loads and checks `settings` without using them, so the
@@ -80,13 +69,9 @@ impl TlsContext {
     }
 
     /// The second half: swaps `loaded` in for new connections; returns its summary.
-    pub fn commit(&self, settings: TlsSettings, loaded: Loaded) -> String {
+    pub fn commit(&self, loaded: Loaded) -> String {
         let summary = loaded.summary.clone();
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = loaded;
-        *self
-            .settings
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = settings;
         summary
     }
 

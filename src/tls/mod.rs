@@ -38,10 +38,3 @@ pub enum TlsError {
     #[error("TLS handshake: {0}")]
     Io(std::io::Error),
 }
-
-impl TlsError {
-    /// True when the client simply went away.
-    pub fn is_disconnect(&self) -> bool {
-        matches!(self, TlsError::Io(e) if crate::serving::is_disconnect(e))
-    }
-}
