@@ -1,9 +1,11 @@
 //! The TLS settings: `[tls]` (`--tls-certificates`, `--tls-verify-peer`), `[http] listen_tls`
 //! (`--https`) and `[nbd] tls` (`--nbd-tls`). Whatever uses TLS needs a certificate
-//! directory, and the directory is read and checked here like any file the config names (its
-//! key is a secret read here); the daemon reads it again into its `tls::TlsContext` at start
-//! and on every reload, so a bad certificate fails start-up, or the reload, naming its file.
+//! directory (by default `/etc/hexzd/tls`), and the directory is read and checked here like
+//! any file the config names (its key is a secret read here); the daemon reads it again into
+//! its `tls::TlsContext` at start and on every reload, so a bad certificate fails start-up,
+//! or the reload, naming its file.
 
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use super::raw::{RawHttp, RawNbd, RawTls};
@@ -11,6 +13,9 @@ use super::validate::{Place, Source};
 use super::{ConfigError, Overrides};
 use crate::nbd::TlsMode;
 use crate::tls::TlsSettings;
+
+/// `[tls] certificates` when TLS is used and no directory is named (design.md §4).
+pub const DEFAULT_CERTIFICATES: &str = "/etc/hexzd/tls";
 
 /// The validated TLS settings.
 pub(super) struct Validated {
@@ -53,41 +58,48 @@ pub(super) fn tls(
         }
         (None, None) => (TlsMode::Off, src.key("nbd.tls")),
     };
-    let Some(dir) = certificates else {
-        let needs = if !listen_tls.is_empty() {
-            Some((https_place, "HTTPS listeners need"))
-        } else if nbd_tls != TlsMode::Off {
-            Some((nbd_place, "NBD over TLS needs"))
-        } else if verify_peer {
-            Some((
-                if ov.tls_verify_peer {
-                    Place::Flag("--tls-verify-peer")
-                } else {
-                    src.key("tls.verify_peer")
-                },
-                "checking client certificates needs",
-            ))
-        } else {
-            None
-        };
-        if let Some((place, what)) = needs {
-            return Err(place.invalid(format!(
-                "{what} certificates: set [tls] certificates = DIR or --tls-certificates DIR \
-                 (a directory with server-cert.pem, server-key.pem and ca-cert.pem)"
-            )));
+    let needs = if !listen_tls.is_empty() {
+        Some((https_place, "HTTPS listeners need"))
+    } else if nbd_tls != TlsMode::Off {
+        Some((nbd_place, "NBD over TLS needs"))
+    } else if verify_peer {
+        Some((
+            if ov.tls_verify_peer {
+                Place::Flag("--tls-verify-peer")
+            } else {
+                src.key("tls.verify_peer")
+            },
+            "checking client certificates needs",
+        ))
+    } else {
+        None
+    };
+    // Without a directory, whatever uses TLS reads the default one; its errors then say
+    // which setting needed it and how to name another.
+    let (dir, cert_place, default_hint) = match (certificates, needs) {
+        (Some(d), _) => (d, cert_place, String::new()),
+        (None, Some((place, what))) => (
+            PathBuf::from(DEFAULT_CERTIFICATES),
+            place,
+            format!(
+                "{what} certificates, from {DEFAULT_CERTIFICATES} by default (set [tls] \
+                 certificates = DIR or --tls-certificates DIR): "
+            ),
+        ),
+        (None, None) => {
+            return Ok(Validated {
+                tls: None,
+                listen_tls,
+                nbd_tls,
+            });
         }
-        return Ok(Validated {
-            tls: None,
-            listen_tls,
-            nbd_tls,
-        });
     };
     let settings = TlsSettings {
         certificates: dir,
         verify_peer,
     };
     crate::tls::certs::load(&settings.certificates, verify_peer, SystemTime::now())
-        .map_err(|e| cert_place.invalid(e.to_string()))?;
+        .map_err(|e| cert_place.invalid(format!("{default_hint}{e}")))?;
     Ok(Validated {
         tls: Some(settings),
         listen_tls,
