@@ -177,6 +177,10 @@ pub fn accept(
     let mut io = SockIo(&conn);
     let fd = conn.fd();
     loop {
+        // A client dripping its hello a byte at a time is still bounded by the deadline.
+        if Instant::now() >= deadline {
+            return Err(TlsError::HandshakeTimeout);
+        }
         while tls.wants_write() {
             match tls.write_tls(&mut io) {
                 Ok(_) => {}
