@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(curl wget aria2 python3 libnbd-bin python3-libnbd nbd-client qemu-utils e2fsprogs nginx python3-pip)
+PKGS=(curl wget aria2 python3 libnbd-bin python3-libnbd nbd-client qemu-utils e2fsprogs nginx python3-pip openssl)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -13,6 +13,7 @@
 mod overrides;
 mod raw;
 mod remote;
+mod tls;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -84,6 +85,8 @@ impl std::fmt::Debug for Secret {
 pub struct HttpConfig {
     /// Addresses to listen on (empty = HTTP off).
     pub listen: Vec<String>,
+    /// Addresses to listen on with TLS (HTTPS; empty = none).
+    pub listen_tls: Vec<String>,
     /// The HTTP front end's settings.
     pub settings: HttpSettings,
 }
@@ -202,6 +205,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Lifecycle settings.
     pub daemon: DaemonConfig,
+    /// `[tls]`: the certificate directory, when anything uses TLS (or it is set anyway).
+    pub tls: Option<crate::tls::TlsSettings>,
     /// Snapshots: the file's in file order, then the command line's.
     pub snapshots: Vec<SnapshotConfig>,
 }
@@ -215,6 +220,7 @@ impl Default for Config {
             file: None,
             http: HttpConfig {
                 listen: vec![DEFAULT_HTTP.to_string()],
+                listen_tls: Vec::new(),
                 settings: HttpSettings::default(),
             },
             nbd: NbdConfig {
@@ -231,6 +237,7 @@ impl Default for Config {
             daemon: DaemonConfig {
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             },
+            tls: None,
             snapshots: Vec::new(),
         }
     }

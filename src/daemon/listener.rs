@@ -46,6 +46,8 @@ pub enum Protocol {
     Http,
     /// NBD server.
     Nbd,
+    /// HTTP over TLS (the HTTP front end behind a TLS handshake).
+    Https,
 }
 
 impl Protocol {
@@ -54,13 +56,14 @@ impl Protocol {
         match self {
             Protocol::Http => "HTTP",
             Protocol::Nbd => "NBD",
+            Protocol::Https => "HTTPS",
         }
     }
 }
 
 /// The listeners to serve: `passed` (socket activation, already adopted), then, for each
 /// protocol without a passed socket, the configured ones bound in config order (HTTP
-/// addresses, NBD addresses, NBD Unix sockets). Everything is ready before anything is
+/// addresses, HTTPS addresses, NBD addresses, NBD Unix sockets). Everything is ready before anything is
 /// served, so a bad address fails start-up cleanly; no listener at all is an error too. A
 /// reload never calls this again, so activated or bound sockets stay as they are.
 pub fn obtain(
@@ -69,11 +72,19 @@ pub fn obtain(
 ) -> Result<Vec<(Protocol, Listener)>, ListenError> {
     let has = |p: Protocol| passed.iter().any(|(q, _)| *q == p);
     let (http_passed, nbd_passed) = (has(Protocol::Http), has(Protocol::Nbd));
+    let https_passed = has(Protocol::Https);
     let mut listeners = passed;
     if !http_passed {
         for a in &config.http.listen {
             for l in Listener::bind_tcp(a)? {
                 listeners.push((Protocol::Http, l));
+            }
+        }
+    }
+    if !https_passed {
+        for a in &config.http.listen_tls {
+            for l in Listener::bind_tcp(a)? {
+                listeners.push((Protocol::Https, l));
             }
         }
     }

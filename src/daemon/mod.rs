@@ -66,6 +66,9 @@ pub enum DaemonError {
     /// A listener could not be set up.
     #[error(transparent)]
     Listen(#[from] ListenError),
+    /// The TLS certificates could not be loaded.
+    #[error(transparent)]
+    Tls(crate::tls::TlsError),
     /// A thread or pipe could not be created.
     #[error("cannot start: {0}")]
     Start(std::io::Error),
@@ -152,8 +155,14 @@ fn check_config(options: &Options) -> Result<String, DaemonError> {
         .file
         .as_ref()
         .map_or_else(|| "command line".to_string(), |f| f.display().to_string());
-    Ok(format!(
+    let mut summary = format!(
         "{what}: configuration OK; {}",
         snapshots::describe(&catalog)
-    ))
+    );
+    if let Some(t) = &config.tls {
+        let tls = crate::tls::TlsContext::check(t).map_err(DaemonError::Tls)?;
+        summary.push_str("; ");
+        summary.push_str(&tls);
+    }
+    Ok(summary)
 }

@@ -4,6 +4,11 @@
 //! snapshots are opened and validated first, then swapped in atomically; open connections keep
 //! the set they started with; a bad new config is logged and the old set keeps serving.
 //! Listener and cache changes need a restart (listeners are never rebound on reload).
+//!
+//! TLS certificates are re-read on every reload (also without a config file, when they came
+//! from `--tls-certificates`): the new ones are checked with the rest of the config and
+//! swapped in with the snapshots, for new connections; open connections keep the ones they
+//! were handshaken with; a bad certificate fails the reload like a bad config.
 
 use std::io;
 use std::path::PathBuf;
@@ -16,6 +21,7 @@ use super::runtime::Event;
 use super::snapshots::{describe, open_catalog};
 use crate::serving::CatalogHandle;
 use crate::store::Engine;
+use crate::tls::TlsContext;
 
 /// What one reload did, reported to the run loop (hook for sd_notify's `READY=1` and
 /// `STATUS=` after `RELOADING=1`).
@@ -43,6 +49,8 @@ pub struct Reloader {
     pub engine: Arc<Engine>,
     /// Where the new catalog is swapped in.
     pub catalog: Arc<CatalogHandle>,
+    /// Where new certificates are swapped in (when TLS was configured at start).
+    pub tls: Option<Arc<TlsContext>>,
 }
 
 impl Reloader {
@@ -50,8 +58,7 @@ impl Reloader {
     /// failed, keeping the current snapshots: …`).
     pub fn reload(&mut self) -> ReloadOutcome {
         let Some(file) = self.file.clone() else {
-            log::info!("SIGHUP: no config file to re-read; snapshots unchanged");
-            return ReloadOutcome::NoConfigFile;
+            return self.reload_certificates_only();
         };
         let new = match Config::load(Some(&file), &self.overrides) {
             Ok(c) => c,
@@ -67,13 +74,42 @@ impl Reloader {
                 "reload: [http], [nbd], [cache], [daemon], [s3] and [remote] changes take effect at the next restart"
             );
         }
-        match open_catalog(&new.snapshots, &self.engine) {
-            Ok(c) => {
-                // Swap first: the log line tells watchers the new set is in effect.
-                let summary = describe(&c);
-                self.catalog.store(c);
-                self.running.snapshots = new.snapshots;
-                log::info!("reloaded {}: {summary}", file.display());
+        if new.tls.is_some() != self.tls.is_some() {
+            log::warn!("reload: turning TLS on or off takes effect at the next restart");
+        }
+        let catalog = match open_catalog(&new.snapshots, &self.engine) {
+            Ok(c) => c,
+            Err(e) => return failed(&e),
+        };
+        let tls = match (&self.tls, &new.tls) {
+            (Some(ctx), Some(settings)) => match ctx.prepare(settings) {
+                Ok(loaded) => Some((ctx, settings.clone(), loaded)),
+                Err(e) => return failed(&e),
+            },
+            _ => None,
+        };
+        // Swap first: the log lines tell watchers the new set is in effect.
+        let summary = describe(&catalog);
+        self.catalog.store(catalog);
+        self.running.snapshots = new.snapshots;
+        if let Some((ctx, settings, loaded)) = tls {
+            log::info!("reload: {}", ctx.commit(loaded));
+            self.running.tls = Some(settings);
+        }
+        log::info!("reloaded {}: {summary}", file.display());
+        ReloadOutcome::Reloaded(summary)
+    }
+
+    /// A reload without a config file: only certificates given on the command line are
+    /// re-read.
+    fn reload_certificates_only(&mut self) -> ReloadOutcome {
+        let (Some(ctx), Some(settings)) = (&self.tls, &self.running.tls) else {
+            log::info!("SIGHUP: no config file to re-read; snapshots unchanged");
+            return ReloadOutcome::NoConfigFile;
+        };
+        match ctx.reload(settings) {
+            Ok(summary) => {
+                log::info!("reload: no config file; {summary}");
                 ReloadOutcome::Reloaded(summary)
             }
             Err(e) => failed(&e),
@@ -82,7 +118,7 @@ impl Reloader {
 }
 
 fn failed(e: &dyn std::fmt::Display) -> ReloadOutcome {
-    log::error!("reload failed, keeping the current snapshots: {e}");
+    log::error!("reload failed, keeping the current snapshots and certificates: {e}");
     ReloadOutcome::Failed(e.to_string())
 }
 
@@ -148,6 +184,7 @@ mod tests {
             running,
             engine,
             catalog,
+            tls: None,
         }
     }
 

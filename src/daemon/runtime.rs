@@ -39,6 +39,7 @@ use crate::http::HttpService;
 use crate::nbd::NbdService;
 use crate::serving::{CatalogHandle, Draining, Metrics, get};
 use crate::store::Engine;
+use crate::tls::TlsContext;
 
 /// How often `STATUS=` is refreshed (when it changed) while nothing else happens.
 const STATUS_REFRESH: Duration = Duration::from_secs(5);
@@ -82,6 +83,8 @@ pub struct Runtime {
     metrics: Arc<Metrics>,
     http: Arc<HttpService>,
     nbd: Arc<NbdService>,
+    /// The certificates in effect, when `[tls]` is set.
+    tls: Option<Arc<TlsContext>>,
     shutdown: Arc<Shutdown>,
     draining: Arc<Draining>,
     open: Arc<OpenConns>,
@@ -123,6 +126,14 @@ impl Runtime {
             }
         })?;
         let catalog = Arc::new(CatalogHandle::new(catalog));
+        let tls = match &config.tls {
+            Some(t) => {
+                let ctx = TlsContext::load(t).map_err(DaemonError::Tls)?;
+                log::info!("{}", ctx.summary());
+                Some(Arc::new(ctx))
+            }
+            None => None,
+        };
         let metrics = Arc::new(Metrics::with_budget(
             Arc::clone(&engine.metrics),
             config.limits.buffer_memory,
@@ -136,14 +147,16 @@ impl Runtime {
             )
             .with_draining(Arc::clone(&draining)),
         );
-        let nbd = Arc::new(
-            NbdService::new(
-                config.nbd.settings.clone(),
-                Arc::clone(&catalog),
-                Arc::clone(&metrics),
-            )
-            .with_draining(Arc::clone(&draining)),
-        );
+        let mut nbd = NbdService::new(
+            config.nbd.settings.clone(),
+            Arc::clone(&catalog),
+            Arc::clone(&metrics),
+        )
+        .with_draining(Arc::clone(&draining));
+        if let Some(t) = &tls {
+            nbd = nbd.with_tls(Arc::clone(t));
+        }
+        let nbd = Arc::new(nbd);
         Ok(Runtime {
             config,
             engine,
@@ -151,6 +164,7 @@ impl Runtime {
             metrics,
             http,
             nbd,
+            tls,
             shutdown: Arc::new(Shutdown::new().map_err(DaemonError::Start)?),
             draining,
             open: Arc::new(OpenConns::new()),
@@ -166,12 +180,24 @@ impl Runtime {
         &self.config
     }
 
-    /// The running front end of `protocol`.
-    pub fn service(&self, protocol: Protocol) -> Service {
-        match protocol {
+    /// The running front end of `protocol`. HTTPS without certificates cannot be asked for:
+    /// validation refuses HTTPS listeners without `[tls]`, and passed `https` sockets are
+    /// refused here.
+    pub fn service(&self, protocol: Protocol) -> Result<Service, DaemonError> {
+        Ok(match protocol {
             Protocol::Http => Service::Http(Arc::clone(&self.http)),
             Protocol::Nbd => Service::Nbd(Arc::clone(&self.nbd)),
-        }
+            Protocol::Https => match &self.tls {
+                Some(t) => Service::Https(Arc::clone(&self.http), Arc::clone(t)),
+                None => {
+                    return Err(DaemonError::Listen(super::ListenError::Activation(
+                        "an https socket was passed, but no certificates are configured \
+                         ([tls] certificates or --tls-certificates)"
+                            .into(),
+                    )));
+                }
+            },
+        })
     }
 
     /// One NBD session on stdin/stdout (`serve --stdio`), no listeners, no signals.
@@ -198,6 +224,7 @@ impl Runtime {
                 running: self.config.clone(),
                 engine: Arc::clone(&self.engine),
                 catalog: Arc::clone(&self.catalog),
+                tls: self.tls.clone(),
             },
             self.events.0.clone(),
         )
@@ -301,11 +328,11 @@ impl Runtime {
                 Probe::new(i, protocol, self.events.0.clone()).map_err(DaemonError::Start)?,
             );
             let cfg = AcceptLoop {
-                service: self.service(protocol),
+                service: self.service(protocol)?,
                 metrics: Arc::clone(&self.metrics),
                 seq: Arc::clone(&seq),
                 clients: Arc::clone(match protocol {
-                    Protocol::Http => &http_clients,
+                    Protocol::Http | Protocol::Https => &http_clients,
                     Protocol::Nbd => &nbd_clients,
                 }),
                 shutdown: Arc::clone(&self.shutdown),

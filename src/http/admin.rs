@@ -67,7 +67,7 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
 }
 
 fn proto(out: &mut String, proto: &str, m: &ProtoMetrics) {
-    let rows: [(&str, &str, &str, &AtomicU64); 9] = [
+    let rows: [(&str, &str, &str, &AtomicU64); 11] = [
         (
             "connections_total",
             "counter",
@@ -121,6 +121,18 @@ fn proto(out: &mut String, proto: &str, m: &ProtoMetrics) {
             "counter",
             "Connections closed because the client read nothing for the send timeout.",
             &m.send_timeouts,
+        ),
+        (
+            "tls_handshakes_total",
+            "counter",
+            "TLS handshakes completed.",
+            &m.tls_handshakes,
+        ),
+        (
+            "tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed or timed out, and plaintext requests to a TLS port.",
+            &m.tls_handshake_failures,
         ),
     ];
     for (name, kind, help, v) in rows {

@@ -18,6 +18,7 @@ pub(super) struct RawConfig {
     pub remote: Option<RawRemote>,
     pub limits: Option<RawLimits>,
     pub daemon: Option<RawDaemon>,
+    pub tls: Option<RawTls>,
     #[serde(default)]
     pub snapshot: Vec<RawSnapshot>,
     #[serde(default)]
@@ -29,6 +30,7 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHttp {
     pub listen: Option<Vec<String>>,
+    pub listen_tls: Option<Vec<String>>,
     pub max_connections: Option<usize>,
     pub header_timeout: Option<Value>,
     pub idle_timeout: Option<Value>,
@@ -45,6 +47,15 @@ pub(super) struct RawNbd {
     pub max_connections: Option<usize>,
     pub handshake_timeout: Option<Value>,
     pub idle_timeout: Option<Value>,
+    pub tls: Option<String>,
+}
+
+/// `[tls]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub certificates: Option<PathBuf>,
+    pub verify_peer: Option<bool>,
 }
 
 /// `[cache]`.

@@ -340,3 +340,62 @@ fn limits_have_defaults_units_and_reach_the_front_ends() {
         assert!(e.contains(needle), "{text:?}: {e}");
     }
 }
+
+#[test]
+fn tls_users_need_certificates_and_name_the_key_or_flag() {
+    let e = parse("[http]\nlisten_tls = [\"127.0.0.1:0\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(
+            "/nonexistent/hexzd.toml: http.listen_tls: HTTPS listeners need certificates"
+        ),
+        "{e}"
+    );
+    let e = parse("[nbd]\ntls = \"require\"\n").unwrap_err().to_string();
+    assert!(
+        e.contains("nbd.tls: NBD over TLS needs certificates"),
+        "{e}"
+    );
+    let e = parse("[nbd]\ntls = \"maybe\"\n").unwrap_err().to_string();
+    assert!(
+        e.contains("nbd.tls: \"maybe\" is not a TLS mode (off, on or require)"),
+        "{e}"
+    );
+    let e = parse("[tls]\nverify_peer = true\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tls.verify_peer: checking client certificates needs"),
+        "{e}"
+    );
+    let ov = Overrides {
+        https_listen: Some(vec!["127.0.0.1:0".into()]),
+        ..Overrides::default()
+    };
+    let e = Config::load(None, &ov).unwrap_err().to_string();
+    assert!(
+        e.starts_with("--https: HTTPS listeners need certificates"),
+        "{e}"
+    );
+    // Off and unused: fine, and the defaults.
+    let c = parse("[nbd]\ntls = \"off\"\n").unwrap();
+    assert_eq!(c.nbd.settings.tls, crate::nbd::TlsMode::Off);
+    assert!(c.http.listen_tls.is_empty() && c.tls.is_none());
+}
+
+#[test]
+fn the_certificate_directory_is_relative_to_the_file_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("hexzd.toml");
+    std::fs::write(&cfg, "[tls]\ncertificates = \"tls\"\n").unwrap();
+    let e = Config::load(Some(&cfg), &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    let want = format!(
+        "{}: tls.certificates: {}: cannot open the certificate directory",
+        cfg.display(),
+        dir.path().join("tls").display()
+    );
+    assert!(e.starts_with(&want), "{e}");
+}

@@ -140,6 +140,11 @@ pub(super) fn validate(
     };
 
     let h = raw.http.unwrap_or_default();
+    let n = raw.nbd.unwrap_or_default();
+    let t = super::tls::tls(&src, raw.tls.as_ref(), &h, &n, ov)?;
+    c.http.listen_tls = t.listen_tls;
+    c.nbd.settings.tls = t.nbd_tls;
+    c.tls = t.tls;
     if let Some(l) = ov.http_listen.clone().or(h.listen) {
         c.http.listen = l;
     }
@@ -164,7 +169,6 @@ pub(super) fn validate(
         s.auth_token = Some(src.key("http.auth_token_file").token(&src.resolve(p))?);
     }
 
-    let n = raw.nbd.unwrap_or_default();
     if let Some(l) = ov.nbd_listen.clone().or(n.listen) {
         c.nbd.listen = l;
     }
