@@ -4,6 +4,8 @@
 //! snapshots are opened and validated first, then swapped in atomically; open connections keep
 //! the set they started with; a bad new config is logged and the old set keeps serving.
 //! Listener and cache changes need a restart (listeners are never rebound on reload).
+//! `[[attach]]` entries follow the new config once its snapshots are in (daemon::attach):
+//! unchanged ones keep running, and an entry that cannot be attached fails alone.
 
 use std::io;
 use std::path::PathBuf;
@@ -11,6 +13,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use super::attach::Attachments;
 use super::config::{Config, Overrides};
 use super::runtime::Event;
 use super::snapshots::{describe, open_catalog};
@@ -23,6 +26,14 @@ use crate::store::Engine;
 pub enum ReloadOutcome {
     /// The new snapshot set is in effect; the summary line says what is served.
     Reloaded(String),
+    /// The new snapshot set is in effect, but these `[[attach]]` entries could not be
+    /// attached (each failure is one line naming the device and the reason).
+    AttachFailed {
+        /// What is served.
+        summary: String,
+        /// The entries that failed.
+        failures: Vec<String>,
+    },
     /// There is no config file to re-read; nothing changed.
     NoConfigFile,
     /// The new config or a snapshot in it failed; the old set keeps serving.
@@ -43,6 +54,8 @@ pub struct Reloader {
     pub engine: Arc<Engine>,
     /// Where the new catalog is swapped in.
     pub catalog: Arc<CatalogHandle>,
+    /// The running `[[attach]]` entries, brought in line with the new config.
+    pub attachments: Arc<Attachments>,
 }
 
 impl Reloader {
@@ -71,9 +84,17 @@ impl Reloader {
                 // Swap first: the log line tells watchers the new set is in effect.
                 let summary = describe(&c);
                 self.catalog.store(c);
-                self.running.snapshots = new.snapshots;
                 log::info!("reloaded {}: {summary}", file.display());
-                ReloadOutcome::Reloaded(summary)
+                let failures =
+                    self.attachments
+                        .apply(&new.attach, &new.snapshots, &self.catalog.load());
+                self.running.snapshots = new.snapshots;
+                self.running.attach = new.attach;
+                if failures.is_empty() {
+                    ReloadOutcome::Reloaded(summary)
+                } else {
+                    ReloadOutcome::AttachFailed { summary, failures }
+                }
             }
             Err(e) => failed(&e),
         }
@@ -141,12 +162,14 @@ mod tests {
         let catalog = Arc::new(CatalogHandle::new(
             open_catalog(&running.snapshots, &engine).unwrap(),
         ));
+        let attachments = Arc::new(Attachments::new(crossbeam_channel::unbounded().0, false));
         Reloader {
             file,
             overrides: Overrides::default(),
             running,
             engine,
             catalog,
+            attachments,
         }
     }
 
@@ -189,5 +212,36 @@ mod tests {
         assert!(e.contains("is a FIFO"), "{e}");
         assert_eq!(names(&r.catalog.load()), ["a", "b"]);
         assert_eq!(r.running.snapshots.len(), 2);
+    }
+
+    #[test]
+    fn an_attach_entry_that_fails_fails_alone_and_the_snapshots_are_swapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let hello = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/hexz-0.8.2/hello-lz4.hxz");
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, snapshot("a", &hello)).unwrap();
+        let mut r = reloader(Some(cfg.clone()));
+        let attach = "[[attach]]\nsnapshot = \"b\"\ndevice = \"/dev/hexzd-test-no-such-nbd\"\n";
+        std::fs::write(
+            &cfg,
+            snapshot("a", &hello) + &snapshot("b", &hello) + attach,
+        )
+        .unwrap();
+        let ReloadOutcome::AttachFailed { summary, failures } = r.reload() else {
+            panic!("the entry cannot be attached");
+        };
+        assert!(summary.contains("a (default), b"), "{summary}");
+        assert_eq!(failures.len(), 1);
+        assert!(
+            failures[0].starts_with(
+                "cannot attach snapshot \"b\" to /dev/hexzd-test-no-such-nbd: can't open nbd device"
+            ),
+            "{failures:?}"
+        );
+        assert_eq!(r.catalog.load().entries().len(), 2);
+        assert_eq!(r.running.attach.len(), 1);
+        // The entry is still wanted and not running: the next reload tries again.
+        assert!(matches!(r.reload(), ReloadOutcome::AttachFailed { .. }));
     }
 }
