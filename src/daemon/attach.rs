@@ -271,9 +271,12 @@ impl Attachments {
         let any = !ended.is_empty();
         for r in ended {
             let what = r.key.describe();
+            // A detach from outside sends the server NBD_CMD_DISC before NBD_DO_IT returns,
+            // so it ends as either.
             let why = match r.attachment.join() {
-                End::Detached => "the kernel ended the session (hexzd detach, or a kernel error)",
-                End::Eof => "the kernel closed its socket",
+                End::Detached | End::Eof => {
+                    "the kernel ended the session (a detach from outside such as hexzd detach, or a kernel error)"
+                }
                 End::RelayError => "serving the device failed",
                 _ => "the session ended",
             };
