@@ -139,3 +139,32 @@ fn check_config_lists_the_entries_and_names_a_bad_one() {
         )
     );
 }
+
+#[test]
+fn a_daemon_with_only_attach_entries_needs_no_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("hexzd.toml");
+    let hello = fixture("hello-lz4.hxz");
+    let text = format!(
+        "[http]\nlisten = []\n[nbd]\nlisten = []\n[[snapshot]]\nname = \"a\"\npath = {:?}\n{}",
+        hello.display().to_string(),
+        attach_entry("a", NO_SUCH)
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let mut cmd = serve_command();
+    cmd.args(["--config", cfg.to_str().unwrap()]);
+    let mut d = Daemon::spawn(cmd);
+    assert_eq!(d.wait_exit(Duration::from_secs(30)).code(), Some(1));
+    // Past the listeners (none, and that is fine) to the attachment itself.
+    let lines = d.lines();
+    assert!(
+        lines.last().unwrap().starts_with(&format!(
+            "hexzd: cannot attach snapshot \"a\" to {NO_SUCH}: "
+        )),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("nothing to listen on")),
+        "{lines:?}"
+    );
+}

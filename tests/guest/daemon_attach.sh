@@ -191,6 +191,41 @@ if grep -q -e '^ERROR' -e '^WARN' "$LOG"; then
     fi
 fi
 
+# Without the rights: a daemon that is not root (su to nobody: no capabilities)
+# stops at start-up with one line naming the device and what it lacks, and touches nothing.
+# A node of the same device, world-writable, gets it past open() to the ioctls' EPERM.
+NOPERM=/dev/hexzd-test-noperm-nbd
+mknod -m 666 "$NOPERM" b "$(cut -d: -f1 "$SYS/dev")" "$(cut -d: -f2 "$SYS/dev")"
+chmod 755 "$WORK"
+no_rights() { # no_rights DEVICE DESCRIPTION EXPECTED-REASON
+    {
+        printf '[http]\nlisten = []\n[nbd]\nlisten = []\n'
+        printf '[[snapshot]]\nname = "base"\npath = "%s"\n' "$WORK/base.hxz"
+        printf '[[attach]]\nsnapshot = "base"\ndevice = "%s"\n' "$1"
+    } > "$WORK/noperm.toml"
+    chmod 644 "$WORK/noperm.toml"
+    su -s /bin/sh nobody -c "exec '$H' serve --config '$WORK/noperm.toml'" \
+        > /dev/null 2> "$WORK/noperm.log" < /dev/null
+    st=$?
+    last=$(tail -n 1 "$WORK/noperm.log")
+    want="hexzd: cannot attach snapshot \"base\" to $1: $3"
+    if [ "$st" = 1 ] && [ "$last" = "$want" ]; then
+        pass "$2: exit 1, '$last'"
+    else
+        fail "$2: exit $st, '$last' (want '$want')"
+    fi
+    cleared "$SYS" && pass "$2: $DEV untouched" || fail "$2: $DEV was configured"
+}
+if grep -q '^nobody:' /etc/passwd && command -v su > /dev/null; then
+    no_rights "$DEV" "not root, no access to the node" \
+        "can't open nbd device $DEV: Permission denied (needs root or CAP_SYS_ADMIN)"
+    no_rights "$NOPERM" "not root, no CAP_SYS_ADMIN" \
+        "nbd device $NOPERM: NBD_CLEAR_QUE failed: Operation not permitted (needs root or CAP_SYS_ADMIN)"
+else
+    echo "SKIP: [[attach]] without rights: no user nobody or no su here"
+fi
+rm -f "$NOPERM"
+
 rm -rf "$WORK"
 echo "RESULT: [[attach]] $fails failure(s)"
 [ "$fails" = 0 ]
