@@ -12,6 +12,11 @@ pub fn init(default: log::LevelFilter) {
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| default.as_str().to_ascii_lowercase());
     let mut b = env_logger::Builder::new();
+    // The HTTP client of remote archives logs requests at debug level (URLs with presigned
+    // queries, headers): keep it at warn unless a filter names it (`ureq=debug`).
+    for module in ["ureq", "ureq_proto", "rustls"] {
+        b.filter_module(module, log::LevelFilter::Warn);
+    }
     b.parse_filters(&filter);
     b.format(move |out, record| {
         if journal {

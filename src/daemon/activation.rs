@@ -116,8 +116,9 @@ pub fn adopt(plan: &[(RawFd, Protocol)]) -> Result<Vec<(Protocol, Listener)>, Li
             return Err(bad(fd, "is not an open file descriptor".into()));
         }
         // SAFETY: `fd` is open (checked above), was passed to this process by its activator
-        // for it to own, and is adopted exactly once: the LISTEN_* variables were removed at
-        // start-up and nothing else in hexzd refers to fds by number.
+        // for it to own, and is adopted exactly once: the LISTEN_* variables are read once, at
+        // start-up (`SystemdEnv::read`; a reload never adopts again), no child inherits them
+        // (hooks start without them), and nothing else in hexzd refers to fds by number.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         out.push((protocol, check(owned)?));
     }

@@ -13,6 +13,7 @@
 
 mod overrides;
 mod raw;
+mod remote;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -24,8 +25,8 @@ pub use raw::{parse_duration, parse_size};
 use crate::format::Stream;
 use crate::http::HttpSettings;
 use crate::nbd::NbdSettings;
-use crate::store::EngineConfig;
 use crate::store::file::FileError;
+use crate::store::{EngineConfig, RemoteConfig};
 
 /// Default HTTP listen address.
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
@@ -212,6 +213,8 @@ pub struct Config {
     pub nbd: NbdConfig,
     /// Store sizing.
     pub cache: CacheConfig,
+    /// Remote archives: `[s3]`, `[remote]` and `[cache] disk` (S3 credentials read here).
+    pub remote: RemoteConfig,
     /// Memory and per-client limits.
     pub limits: LimitsConfig,
     /// Lifecycle settings.
@@ -242,6 +245,7 @@ impl Default for Config {
                 memory: engine.cache_bytes as u64,
                 workers: engine.workers,
             },
+            remote: RemoteConfig::default(),
             limits: LimitsConfig::default(),
             daemon: DaemonConfig {
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,

@@ -21,8 +21,7 @@
 //!   brought in line with the config on reload, detached on stop.
 //! - `shutdown`: the shutdown flag and wake-up pipe the accept loops poll; `drain`: the
 //!   graceful stop of open connections within `[daemon] shutdown_timeout`.
-//! - systemd (systemd.md): `sd_env` takes the service manager's variables out of the
-//!   environment first thing; `notify` speaks sd_notify; `watchdog` pings only while every
+//! - systemd (systemd.md): `sd_env` reads the service manager's variables once, first thing; `notify` speaks sd_notify; `watchdog` pings only while every
 //!   accept loop answers; `activation` adopts passed sockets; `limits` raises `RLIMIT_NOFILE`
 //!   and fits the connection caps to the limits.
 
@@ -97,14 +96,11 @@ pub struct Options {
     pub activated_protocol: Option<Protocol>,
 }
 
-/// Runs `hexzd serve`: takes systemd's variables out of the environment, validates the
+/// Runs `hexzd serve`: reads systemd's variables ([`SystemdEnv::read`]), validates the
 /// configuration, opens the snapshots, obtains the listeners, and serves until SIGINT or
 /// SIGTERM. With `check_config`, stops after opening the snapshots and returns the summary.
-///
-/// Must be called while the process has a single thread (first thing in `main`'s `serve`):
-/// it edits the environment ([`SystemdEnv::take`]).
 pub fn run(options: Options) -> Result<Option<String>, DaemonError> {
-    let env = SystemdEnv::take();
+    let env = SystemdEnv::read();
     if options.check_config {
         return check_config(&options).map(Some);
     }

@@ -74,9 +74,10 @@ impl Reloader {
             || new.nbd != self.running.nbd
             || new.cache != self.running.cache
             || new.daemon != self.running.daemon
+            || new.remote != self.running.remote
         {
             log::warn!(
-                "reload: [http], [nbd], [cache] and [daemon] changes take effect at the next restart"
+                "reload: [http], [nbd], [cache], [daemon], [s3] and [remote] changes take effect at the next restart"
             );
         }
         match open_catalog(&new.snapshots, &self.engine) {

@@ -119,7 +119,8 @@ impl Runtime {
     /// settings of `config`, exactly as validated. While a slow set opens, `notifier` asks
     /// systemd for more start-up time.
     pub fn start(config: Config, notifier: Arc<Notifier>) -> Result<Runtime, DaemonError> {
-        let engine = Engine::new(config.cache.engine()).map_err(DaemonError::Start)?;
+        let engine = Engine::with_remote(config.cache.engine(), config.remote.clone())
+            .map_err(DaemonError::Start)?;
         let started = Instant::now();
         let total = config.snapshots.len();
         let catalog = open_catalog_with(&config.snapshots, &engine, |i, s| {

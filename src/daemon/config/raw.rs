@@ -14,6 +14,8 @@ pub(super) struct RawConfig {
     pub http: Option<RawHttp>,
     pub nbd: Option<RawNbd>,
     pub cache: Option<RawCache>,
+    pub s3: Option<RawS3>,
+    pub remote: Option<RawRemote>,
     pub limits: Option<RawLimits>,
     pub daemon: Option<RawDaemon>,
     #[serde(default)]
@@ -51,6 +53,34 @@ pub(super) struct RawNbd {
 pub(super) struct RawCache {
     pub memory: Option<Value>,
     pub workers: Option<usize>,
+    /// Directory of the disk cache of remote archives' bytes.
+    pub disk: Option<PathBuf>,
+    pub disk_size: Option<Value>,
+}
+
+/// `[s3]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawS3 {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: Option<bool>,
+    pub credentials_file: Option<PathBuf>,
+    pub profile: Option<String>,
+}
+
+/// `[remote]`: fetching remote archives.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRemote {
+    pub allow_origins: Option<Vec<String>>,
+    pub proxy: Option<String>,
+    pub connect_timeout: Option<Value>,
+    pub read_timeout: Option<Value>,
+    pub timeout: Option<Value>,
+    pub retries: Option<u32>,
+    pub readahead: Option<Value>,
+    pub memory: Option<Value>,
 }
 
 /// `[limits]`.

@@ -256,6 +256,49 @@ fn archive_arguments_come_after_the_files_snapshots() {
 }
 
 #[test]
+fn remote_sections_are_validated_and_name_the_key() {
+    let c = parse(
+        "[cache]\ndisk = \"cache\"\ndisk_size = \"1GiB\"\n[remote]\nallow_origins = [\"HTTPS://Mirror.Example:443/\", \"s3://other\"]\nretries = 1\nread_timeout = \"2s\"\n[s3]\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"eu-west-1\"\n[[snapshot]]\nname = \"r\"\npath = \"https://h/x.hxz\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.remote.disk,
+        Some((Path::new("/nonexistent/cache").to_path_buf(), 1 << 30))
+    );
+    assert_eq!(
+        c.remote.allow_origins,
+        ["https://mirror.example", "s3://other"]
+    );
+    assert_eq!(c.remote.retries, 1);
+    assert_eq!(c.remote.read_timeout, Duration::from_secs(2));
+    assert_eq!(c.remote.s3.region, "eu-west-1");
+    assert!(c.remote.s3.path_style);
+    // A URL is not resolved against the config file's directory.
+    assert_eq!(c.snapshots[0].path, Path::new("https://h/x.hxz"));
+    for (text, key) in [
+        (
+            "[remote]\nallow_origins = [\"https://h/path\"]\n",
+            "remote.allow_origins[0]",
+        ),
+        ("[remote]\nretries = 99\n", "remote.retries"),
+        ("[cache]\ndisk_size = \"1GiB\"\n", "cache.disk_size"),
+        (
+            "[cache]\ndisk = \"/tmp\"\ndisk_size = 10\n",
+            "cache.disk_size",
+        ),
+        ("[s3]\nendpoint = \"ftp://x\"\n", "s3"),
+        ("[s3]\nbucket = \"x\"\n", "bucket"),
+        (
+            "[[snapshot]]\nname = \"r\"\npath = \"gopher://h/x\"\n",
+            "snapshot[0].path",
+        ),
+    ] {
+        let e = parse(text).unwrap_err().to_string();
+        assert!(e.contains(key), "{text}: {e}");
+    }
+}
+
+#[test]
 fn limits_have_defaults_units_and_reach_the_front_ends() {
     let d = parse("").unwrap();
     assert_eq!(d.limits.buffer_memory, 256 << 20);

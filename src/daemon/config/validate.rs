@@ -21,7 +21,7 @@ const MAX_TOKEN_FILE: u64 = 64 * 1024;
 const MIN_BUFFER_MEMORY: u64 = 1 << 20;
 
 /// Where a value came from, for its error.
-enum Place {
+pub(super) enum Place {
     /// A key of the config file.
     Key(String),
     /// A command-line flag.
@@ -29,12 +29,12 @@ enum Place {
 }
 
 /// The file being validated: names keys in errors and anchors relative paths.
-struct Source<'a> {
-    file: Option<&'a Path>,
+pub(super) struct Source<'a> {
+    pub(super) file: Option<&'a Path>,
 }
 
 impl Source<'_> {
-    fn key(&self, key: &str) -> Place {
+    pub(super) fn key(&self, key: &str) -> Place {
         let file = self
             .file
             .map_or_else(String::new, |f| f.display().to_string());
@@ -42,7 +42,7 @@ impl Source<'_> {
     }
 
     /// A path from the file: relative to the file's directory.
-    fn resolve(&self, p: &Path) -> PathBuf {
+    pub(super) fn resolve(&self, p: &Path) -> PathBuf {
         let base = self
             .file
             .and_then(Path::parent)
@@ -56,7 +56,7 @@ impl Source<'_> {
 }
 
 impl Place {
-    fn invalid(&self, problem: impl Into<String>) -> ConfigError {
+    pub(super) fn invalid(&self, problem: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             place: match self {
                 Place::Key(k) => k.clone(),
@@ -66,7 +66,7 @@ impl Place {
         }
     }
 
-    fn duration(&self, v: &Value) -> Result<Duration, ConfigError> {
+    pub(super) fn duration(&self, v: &Value) -> Result<Duration, ConfigError> {
         let d = match v {
             Value::Int(n) => Duration::from_secs(*n),
             Value::Str(s) => parse_duration(s).map_err(|p| self.invalid(p))?,
@@ -83,7 +83,7 @@ impl Place {
         Ok(d)
     }
 
-    fn positive_duration(&self, v: &Value) -> Result<Duration, ConfigError> {
+    pub(super) fn positive_duration(&self, v: &Value) -> Result<Duration, ConfigError> {
         let d = self.duration(v)?;
         if d.is_zero() {
             return Err(self.invalid("must be greater than 0"));
@@ -91,7 +91,7 @@ impl Place {
         Ok(d)
     }
 
-    fn size(&self, v: &Value) -> Result<u64, ConfigError> {
+    pub(super) fn size(&self, v: &Value) -> Result<u64, ConfigError> {
         match v {
             Value::Int(n) => Ok(*n),
             Value::Str(s) => parse_size(s).map_err(|p| self.invalid(p)),
@@ -238,6 +238,7 @@ pub(super) fn validate(
         c.daemon.shutdown_timeout = src.key("daemon.shutdown_timeout").duration(v)?;
     }
 
+    c.remote = super::remote::remote(&src, &cache, raw.s3.as_ref(), raw.remote.as_ref())?;
     c.snapshots = snapshots(&src, &raw.snapshot)?;
     c.snapshots.extend(archive_arguments(ov)?);
 
@@ -268,8 +269,17 @@ fn snapshots(
         if default && out.iter().any(|o| o.default) {
             return Err(key("default").invalid("only one snapshot can be the default"));
         }
-        let path = src.resolve(&s.path);
-        crate::store::file::open_archive(&path).map_err(|e| key("path").invalid(e.to_string()))?;
+        // A URL is checked for syntax here and fetched when the snapshot opens.
+        let path = if crate::store::Location::is_url(&s.path) {
+            crate::store::Location::parse(&s.path)
+                .map_err(|e| key("path").invalid(e.to_string()))?;
+            s.path.clone()
+        } else {
+            let path = src.resolve(&s.path);
+            crate::store::file::open_archive(&path)
+                .map_err(|e| key("path").invalid(e.to_string()))?;
+            path
+        };
         let password = match &s.password_file {
             Some(p) => Some(key("password_file").password(&src.resolve(p))?),
             None => None,
