@@ -8,7 +8,8 @@
 //! part, `validate` the checks and the reading of secrets. Unknown keys, bad values, missing
 //! files and duplicate names are errors that name the file, the key (or the flag) and the
 //! problem. Relative paths in the file are relative to its directory; on the command line, to
-//! the working directory.
+//! the working directory. `[[attach]]` devices are absolute `/dev` paths and name a snapshot
+//! of the same configuration.
 
 mod overrides;
 mod raw;
@@ -22,6 +23,7 @@ use std::time::Duration;
 pub use overrides::{ArchiveArg, Overrides};
 pub use raw::{parse_duration, parse_size};
 
+use crate::format::Stream;
 use crate::http::HttpSettings;
 use crate::nbd::NbdSettings;
 use crate::store::file::FileError;
@@ -188,6 +190,21 @@ pub struct SnapshotConfig {
     pub password: Option<Secret>,
 }
 
+/// One `[[attach]]` entry: a snapshot of the configuration attached to a kernel NBD device
+/// for as long as the daemon runs (daemon::attach).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachConfig {
+    /// The name of a snapshot of this configuration (file or command line).
+    pub snapshot: String,
+    /// The device node: an absolute path under `/dev`, unique among the entries.
+    pub device: PathBuf,
+    /// The stream given to the device.
+    pub stream: Stream,
+    /// Kernel per-request timeout in seconds (0: none, as `hexzd attach`; the server is this
+    /// process).
+    pub timeout: u32,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -209,6 +226,8 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsSettings>,
     /// Snapshots: the file's in file order, then the command line's.
     pub snapshots: Vec<SnapshotConfig>,
+    /// `[[attach]]` entries, in file order.
+    pub attach: Vec<AttachConfig>,
 }
 
 /// The defaults, written once: the listen addresses here, everything else from the front
@@ -239,6 +258,7 @@ impl Default for Config {
             },
             tls: None,
             snapshots: Vec::new(),
+            attach: Vec::new(),
         }
     }
 }
@@ -277,3 +297,5 @@ fn parse_raw(text: &str, file: &Path) -> Result<raw::RawConfig, ConfigError> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_attach;

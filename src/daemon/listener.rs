@@ -31,7 +31,8 @@ pub enum ListenError {
     /// Sockets passed by systemd (or another activator) cannot be used.
     #[error("socket activation: {0}")]
     Activation(String),
-    /// Both protocols are off and no socket was passed: there would be nothing to serve on.
+    /// Both protocols are off, no socket was passed and there is no `[[attach]]` entry: there
+    /// would be nothing to serve on.
     #[error(
         "nothing to listen on: HTTP and NBD are both off (give --http ADDR or --nbd ADDR, a listen address in the config file, or sockets through systemd socket activation)"
     )]
@@ -98,7 +99,8 @@ pub fn obtain(
             listeners.push((Protocol::Nbd, Listener::bind_unix(p)?));
         }
     }
-    if listeners.is_empty() {
+    // A daemon that only keeps `[[attach]]` devices attached needs no listener.
+    if listeners.is_empty() && config.attach.is_empty() {
         return Err(ListenError::Nothing);
     }
     Ok(listeners)

@@ -17,6 +17,8 @@
 //! - `signals`: the signal thread, which only forwards signals to the run loop as events.
 //! - `reload`: the reload worker thread (SIGHUP), which re-reads the config and swaps the
 //!   catalog.
+//! - `attach`: the `[[attach]]` entries, snapshots attached to kernel NBD devices at start,
+//!   brought in line with the config on reload, detached on stop.
 //! - `shutdown`: the shutdown flag and wake-up pipe the accept loops poll; `drain`: the
 //!   graceful stop of open connections within `[daemon] shutdown_timeout`.
 //! - systemd (systemd.md): `sd_env` reads the service manager's variables once, first thing; `notify` speaks sd_notify; `watchdog` pings only while every
@@ -25,6 +27,7 @@
 
 pub mod accept;
 pub mod activation;
+pub mod attach;
 pub mod clients;
 pub mod config;
 pub mod drain;
@@ -75,6 +78,9 @@ pub enum DaemonError {
     /// The `--stdio` NBD session failed.
     #[error("cannot write output: {0}")]
     Stdio(std::io::Error),
+    /// An `[[attach]]` entry could not be attached (the line names the device and the reason).
+    #[error("{0}")]
+    Attach(String),
 }
 
 /// What `hexzd serve` was asked to do.
@@ -163,6 +169,9 @@ fn check_config(options: &Options) -> Result<String, DaemonError> {
         let tls = crate::tls::TlsContext::check(t).map_err(DaemonError::Tls)?;
         summary.push_str("; ");
         summary.push_str(&tls);
+    }
+    if let Some(a) = attach::describe_entries(&config.attach) {
+        summary = format!("{summary}; {a}");
     }
     Ok(summary)
 }

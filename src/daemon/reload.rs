@@ -9,6 +9,9 @@
 //! from `--tls-certificates`): the new ones are checked with the rest of the config and
 //! swapped in with the snapshots, for new connections; open connections keep the ones they
 //! were handshaken with; a bad certificate fails the reload like a bad config.
+//!
+//! `[[attach]]` entries follow the new config once its snapshots are in (daemon::attach):
+//! unchanged ones keep running, and an entry that cannot be attached fails alone.
 
 use std::io;
 use std::path::PathBuf;
@@ -16,6 +19,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use super::attach::Attachments;
 use super::config::{Config, Overrides};
 use super::runtime::Event;
 use super::snapshots::{describe, open_catalog};
@@ -29,6 +33,14 @@ use crate::tls::TlsContext;
 pub enum ReloadOutcome {
     /// The new snapshot set is in effect; the summary line says what is served.
     Reloaded(String),
+    /// The new snapshot set is in effect, but these `[[attach]]` entries could not be
+    /// attached (each failure is one line naming the device and the reason).
+    AttachFailed {
+        /// What is served.
+        summary: String,
+        /// The entries that failed.
+        failures: Vec<String>,
+    },
     /// There is no config file to re-read; nothing changed.
     NoConfigFile,
     /// The new config or a snapshot in it failed; the old set keeps serving.
@@ -51,6 +63,8 @@ pub struct Reloader {
     pub catalog: Arc<CatalogHandle>,
     /// Where new certificates are swapped in (when TLS was configured at start).
     pub tls: Option<Arc<TlsContext>>,
+    /// The running `[[attach]]` entries, brought in line with the new config.
+    pub attachments: Arc<Attachments>,
 }
 
 impl Reloader {
@@ -91,13 +105,21 @@ impl Reloader {
         // Swap first: the log lines tell watchers the new set is in effect.
         let summary = describe(&catalog);
         self.catalog.store(catalog);
-        self.running.snapshots = new.snapshots;
         if let Some((ctx, settings, loaded)) = tls {
             log::info!("reload: {}", ctx.commit(loaded));
             self.running.tls = Some(settings);
         }
         log::info!("reloaded {}: {summary}", file.display());
-        ReloadOutcome::Reloaded(summary)
+        let failures = self
+            .attachments
+            .apply(&new.attach, &new.snapshots, &self.catalog.load());
+        self.running.snapshots = new.snapshots;
+        self.running.attach = new.attach;
+        if failures.is_empty() {
+            ReloadOutcome::Reloaded(summary)
+        } else {
+            ReloadOutcome::AttachFailed { summary, failures }
+        }
     }
 
     /// A reload without a config file: only certificates given on the command line are
@@ -178,6 +200,7 @@ mod tests {
         let catalog = Arc::new(CatalogHandle::new(
             open_catalog(&running.snapshots, &engine).unwrap(),
         ));
+        let attachments = Arc::new(Attachments::new(crossbeam_channel::unbounded().0, false));
         Reloader {
             file,
             overrides: Overrides::default(),
@@ -185,6 +208,7 @@ mod tests {
             engine,
             catalog,
             tls: None,
+            attachments,
         }
     }
 
@@ -227,5 +251,36 @@ mod tests {
         assert!(e.contains("is a FIFO"), "{e}");
         assert_eq!(names(&r.catalog.load()), ["a", "b"]);
         assert_eq!(r.running.snapshots.len(), 2);
+    }
+
+    #[test]
+    fn an_attach_entry_that_fails_fails_alone_and_the_snapshots_are_swapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let hello = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/hexz-0.8.2/hello-lz4.hxz");
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, snapshot("a", &hello)).unwrap();
+        let mut r = reloader(Some(cfg.clone()));
+        let attach = "[[attach]]\nsnapshot = \"b\"\ndevice = \"/dev/hexzd-test-no-such-nbd\"\n";
+        std::fs::write(
+            &cfg,
+            snapshot("a", &hello) + &snapshot("b", &hello) + attach,
+        )
+        .unwrap();
+        let ReloadOutcome::AttachFailed { summary, failures } = r.reload() else {
+            panic!("the entry cannot be attached");
+        };
+        assert!(summary.contains("a (default), b"), "{summary}");
+        assert_eq!(failures.len(), 1);
+        assert!(
+            failures[0].starts_with(
+                "cannot attach snapshot \"b\" to /dev/hexzd-test-no-such-nbd: can't open nbd device"
+            ),
+            "{failures:?}"
+        );
+        assert_eq!(r.catalog.load().entries().len(), 2);
+        assert_eq!(r.running.attach.len(), 1);
+        // The entry is still wanted and not running: the next reload tries again.
+        assert!(matches!(r.reload(), ReloadOutcome::AttachFailed { .. }));
     }
 }

@@ -14,7 +14,10 @@
 //! `on_ready` (`READY=1`), `on_reload_requested` (`RELOADING=1` + `MONOTONIC_USEC`),
 //! `on_reloaded` (`READY=1`, the outcome in `STATUS=`), `on_stopping` (`STOPPING=1`);
 //! `EXTEND_TIMEOUT_USEC` while a slow snapshot set opens; `WATCHDOG=1` from `watchdog`.
-//! `[[attach]]` entries start in `run` after the listeners and stop before the drain.
+//! `[[attach]]` entries (`attach`) start in `run` after the listeners, before `READY=1` (a
+//! failure stops the start-up), follow the config on reload (on the reload worker), and stop
+//! before the drain; one that ends by itself is reaped here on [`Event::AttachEnded`] and
+//! shown in `STATUS=`.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -25,6 +28,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::DaemonError;
 use super::accept::{self, AcceptLoop, Service};
+use super::attach::Attachments;
 use super::clients::ClientCounts;
 use super::config::{Config, Overrides, SnapshotConfig};
 use super::drain::{OpenConns, drain};
@@ -70,6 +74,9 @@ pub enum Event {
         /// The check it answered.
         seq: u64,
     },
+    /// An `[[attach]]` attachment ended (on request or by itself): reap the ones that ended
+    /// by themselves.
+    AttachEnded,
 }
 
 /// The running daemon: the validated config, the store engine, the catalog handle the reload
@@ -90,6 +97,8 @@ pub struct Runtime {
     open: Arc<OpenConns>,
     notifier: Arc<Notifier>,
     events: (Sender<Event>, Receiver<Event>),
+    /// The running `[[attach]]` entries (shared with the reload worker).
+    attachments: Arc<Attachments>,
     /// The last reload's outcome, for `STATUS=`.
     last_reload: String,
     /// Reloads requested and not yet finished (RELOADING=1 … READY=1 brackets them all).
@@ -157,6 +166,8 @@ impl Runtime {
             nbd = nbd.with_tls(Arc::clone(t));
         }
         let nbd = Arc::new(nbd);
+        let events = crossbeam_channel::unbounded();
+        let attachments = Arc::new(Attachments::new(events.0.clone(), notifier.enabled()));
         Ok(Runtime {
             config,
             engine,
@@ -169,7 +180,8 @@ impl Runtime {
             draining,
             open: Arc::new(OpenConns::new()),
             notifier,
-            events: crossbeam_channel::unbounded(),
+            events,
+            attachments,
             last_reload: "none".into(),
             reloads_pending: 0,
         })
@@ -200,8 +212,12 @@ impl Runtime {
         })
     }
 
-    /// One NBD session on stdin/stdout (`serve --stdio`), no listeners, no signals.
+    /// One NBD session on stdin/stdout (`serve --stdio`), no listeners, no signals, no
+    /// `[[attach]]` (a session is not the daemon that owns the devices).
     pub fn serve_stdio(&self) -> Result<(), DaemonError> {
+        if !self.config.attach.is_empty() {
+            log::warn!("--stdio: the [[attach]] entries of the config are not attached");
+        }
         self.nbd.serve_stdio().map_err(DaemonError::Stdio)
     }
 
@@ -225,6 +241,7 @@ impl Runtime {
                 engine: Arc::clone(&self.engine),
                 catalog: Arc::clone(&self.catalog),
                 tls: self.tls.clone(),
+                attachments: Arc::clone(&self.attachments),
             },
             self.events.0.clone(),
         )
@@ -232,8 +249,20 @@ impl Runtime {
 
         eprintln!("hexzd: {}", describe(&self.catalog.load()));
         let (accepting, probes) = self.start_accepting(listeners)?;
-        // Hook: `[[attach]]` entries start here, once the catalog is open and the listeners
-        // are up, before readiness is announced.
+        // Once the listeners are up, before readiness: READY=1 means every device has its
+        // capacity. A failure detaches what was attached and stops the start-up.
+        let attached = self.attachments.start_all(
+            &self.config.attach,
+            &self.config.snapshots,
+            &self.catalog.load(),
+        );
+        if let Err(e) = attached {
+            self.shutdown.trigger();
+            for t in accepting {
+                let _ = t.join();
+            }
+            return Err(e);
+        }
         self.on_ready();
 
         let mut watchdog = watchdog.map(|interval| Watchdog::new(interval, probes));
@@ -288,6 +317,12 @@ impl Runtime {
                         w.on_alive(probe, seq, &self.notifier);
                     }
                 }
+                Some(Event::AttachEnded) => {
+                    if self.attachments.reap() {
+                        status_sent = self.status();
+                        self.notifier.send(&notify::status(&status_sent));
+                    }
+                }
             }
         }
 
@@ -297,7 +332,9 @@ impl Runtime {
         for t in accepting {
             let _ = t.join();
         }
-        // Hook: `[[attach]]` entries stop here, before the drain.
+        // Devices first: a detach waits for the kernel's requests in flight, which the
+        // attachments' own threads serve, not the connections the drain waits for.
+        self.attachments.stop_all();
         drain(
             &self.metrics,
             &self.open,
@@ -348,13 +385,17 @@ impl Runtime {
 
     /// One line for `STATUS=`: what is served, the open connections, the last reload.
     fn status(&self) -> String {
-        format!(
+        let status = format!(
             "{}; connections: HTTP {}, NBD {}; last reload: {}",
             describe(&self.catalog.load()),
             get(&self.metrics.http.connections_active),
             get(&self.metrics.nbd.connections_active),
             self.last_reload
-        )
+        );
+        match self.attachments.describe() {
+            Some(a) => format!("{status}; {a}"),
+            None => status,
+        }
     }
 
     /// Every listener is accepting and every snapshot is open: `READY=1`.
@@ -380,6 +421,9 @@ impl Runtime {
         log::debug!("reload finished: {outcome:?}");
         self.last_reload = match outcome {
             ReloadOutcome::Reloaded(_) => "ok".into(),
+            ReloadOutcome::AttachFailed { failures, .. } => {
+                format!("snapshots ok, [[attach]] FAILED: {}", failures.join("; "))
+            }
             ReloadOutcome::NoConfigFile => "nothing to re-read (no config file)".into(),
             ReloadOutcome::Failed(e) => format!("FAILED, old snapshots kept: {e}"),
         };

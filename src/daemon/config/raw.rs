@@ -120,13 +120,14 @@ pub(super) struct RawSnapshot {
     pub password_file: Option<PathBuf>,
 }
 
-/// One `[[attach]]` (design.md §4): parsed so the file is accepted by syntax, refused by
-/// `validate` until the daemon can attach devices.
+/// One `[[attach]]` (design.md §4): a snapshot attached to a kernel NBD device.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAttach {
     pub snapshot: String,
     pub device: PathBuf,
+    pub stream: Option<String>,
+    pub timeout: Option<Value>,
 }
 
 /// A number, or a string with a unit ("10s", "256MiB").

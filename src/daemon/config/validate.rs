@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use super::raw::{RawConfig, Value, parse_duration, parse_size};
 use super::{
-    ArchiveArg, Config, ConfigError, MAX_TIMEOUT, MAX_WORKERS, Overrides, Secret, SnapshotConfig,
+    ArchiveArg, AttachConfig, Config, ConfigError, MAX_TIMEOUT, MAX_WORKERS, Overrides, Secret,
+    SnapshotConfig,
 };
+use crate::format::Stream;
 use crate::serving::valid_name;
 use crate::store::file::{read_password, read_small};
 
@@ -244,14 +246,8 @@ pub(super) fn validate(
     c.snapshots = snapshots(&src, &raw.snapshot)?;
     c.snapshots.extend(archive_arguments(ov)?);
 
-    if let Some(a) = raw.attach.first() {
-        // Hook: the daemon's `[[attach]]` entries become validated attach configs here.
-        return Err(src.key("attach").invalid(format!(
-            "attaching {:?} to {} needs the kernel (nbd-proxy) support, which this build does not have yet",
-            a.snapshot,
-            a.device.display()
-        )));
-    }
+    // After the command line's archives: an entry may name one of them.
+    c.attach = attachments(&src, &raw.attach, &c.snapshots)?;
     Ok(c)
 }
 
@@ -324,4 +320,83 @@ fn archive_arguments(ov: &Overrides) -> Result<Vec<SnapshotConfig>, ConfigError>
             })
         })
         .collect()
+}
+
+/// The `[[attach]]` entries: each names a snapshot of `snapshots`, a device node that is an
+/// absolute path under `/dev` used by no other entry, a stream and a whole number of seconds
+/// of kernel timeout. Nothing is opened here: the device is the daemon's to check when it
+/// attaches (a `--check-config` run must not disturb a running attachment).
+fn attachments(
+    src: &Source<'_>,
+    raw: &[super::raw::RawAttach],
+    snapshots: &[SnapshotConfig],
+) -> Result<Vec<AttachConfig>, ConfigError> {
+    let mut out: Vec<AttachConfig> = Vec::with_capacity(raw.len());
+    for (i, a) in raw.iter().enumerate() {
+        let key = |k: &str| src.key(&format!("attach[{i}].{k}"));
+        if !snapshots.iter().any(|s| s.name == a.snapshot) {
+            let names: Vec<&str> = snapshots.iter().map(|s| s.name.as_str()).collect();
+            let known = if names.is_empty() {
+                "there are no snapshots".to_string()
+            } else {
+                format!("the snapshots are: {}", names.join(", "))
+            };
+            return Err(
+                key("snapshot").invalid(format!("no snapshot is named {:?} ({known})", a.snapshot))
+            );
+        }
+        device_path(&a.device).map_err(|p| key("device").invalid(p))?;
+        if let Some(j) = out.iter().position(|o| o.device == a.device) {
+            return Err(key("device").invalid(format!(
+                "{} is already used by attach[{j}]; one device serves one entry",
+                a.device.display()
+            )));
+        }
+        let stream = match a.stream.as_deref() {
+            None | Some("main") => Stream::Main,
+            Some("aux") => Stream::Aux,
+            Some(other) => {
+                return Err(key("stream").invalid(format!(
+                    "{other:?} is not a stream: use \"main\" or \"aux\""
+                )));
+            }
+        };
+        let timeout = match &a.timeout {
+            None => 0,
+            Some(v) => {
+                let place = key("timeout");
+                let d = place.duration(v)?;
+                if d.subsec_nanos() != 0 {
+                    return Err(place.invalid("the kernel counts whole seconds"));
+                }
+                // A year (MAX_TIMEOUT) fits: the kernel takes an unsigned long of seconds.
+                u32::try_from(d.as_secs()).map_err(|_| place.invalid("too long"))?
+            }
+        };
+        out.push(AttachConfig {
+            snapshot: a.snapshot.clone(),
+            device: a.device.clone(),
+            stream,
+            timeout,
+        });
+    }
+    Ok(out)
+}
+
+/// Checks that `p` names a device node: an absolute path under `/dev` without `.` or `..`.
+fn device_path(p: &Path) -> Result<(), String> {
+    use std::path::Component;
+    let mut parts = p.components();
+    let under_dev = parts.next() == Some(Component::RootDir)
+        && parts.next() == Some(Component::Normal("dev".as_ref()))
+        && parts.clone().next().is_some()
+        && parts.all(|c| matches!(c, Component::Normal(_)));
+    if under_dev {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} is not a device: give an absolute path under /dev, such as \"/dev/nbd0\"",
+            p.display().to_string()
+        ))
+    }
 }
