@@ -14,8 +14,11 @@
 #     4 KiB aligned (benches/peers-ranges.lua), after a warm-up;
 #   - nbdcopy to null: (best of 3);
 #   - fio --ioengine=nbd: 4 KiB random reads at queue depth 1 and 32;
-# and reads each server's CPU time (utime + stime of its processes, /proc/PID/stat) around
-# every figure. It prints throughput, CPU per request and the ratios of issue 11's targets.
+# and, for TLS (issue 13), the same hexzd process over HTTPS (1 MiB ranges, beside nginx
+# serving the raw image over HTTPS with the same certificate) and nbdcopy over NBD STARTTLS
+# (beside its own plaintext figure and qemu-nbd with tls-creds); and reads each server's CPU
+# time (utime + stime of its processes, /proc/PID/stat) around every figure. It prints
+# throughput, CPU per request and the ratios of issue 11's and issue 13's targets.
 #
 # Knobs (environment): HEXZD_PEERS_DIR (cache directory; default ~/.cache/hexzd-peers),
 # HEXZD_PEERS_MB (image size in MiB, default 512), HEXZD_PEERS_SECS (seconds per figure,
@@ -55,14 +58,14 @@ cleanup() {
 trap cleanup EXIT
 
 # --- tools -------------------------------------------------------------------------------
-need=(nginx wrk fio nbdkit qemu-nbd nbdcopy nbdinfo python3 curl)
+need=(nginx wrk fio nbdkit qemu-nbd nbdcopy nbdinfo python3 curl openssl)
 missing=()
 for t in "${need[@]}"; do command -v "$t" >/dev/null 2>&1 || missing+=("$t"); done
 if ((${#missing[@]})); then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-        say "installing: nginx wrk fio nbdkit qemu-utils libnbd-bin python3 curl"
+        say "installing: nginx wrk fio nbdkit qemu-utils libnbd-bin python3 curl openssl"
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk fio nbdkit qemu-utils \
-            libnbd-bin python3 curl >/dev/null
+            libnbd-bin python3 curl openssl >/dev/null
     else
         die "missing tools: ${missing[*]} (Debian: apt-get install nginx wrk fio nbdkit qemu-utils libnbd-bin python3 curl)"
     fi
@@ -154,7 +157,23 @@ wait_for() {
 }
 
 declare -A HTTP_URL NBD_URL PID_OF
-SERVERS_HTTP=() SERVERS_NBD=()
+SERVERS_HTTP=() SERVERS_NBD=() SERVERS_HTTPS=() SERVERS_NBDS=()
+
+# TLS (issue 13): one test CA and a certificate for localhost/127.0.0.1, used by every TLS
+# server; clients get the CA in a directory of its own (libnbd's tls-certificates=).
+TLS=$RUN/tls TLS_CLIENT=$RUN/tls-client
+mkdir -p "$TLS" "$TLS_CLIENT"
+(
+    cd "$TLS"
+    ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+    openssl req -x509 "${ec[@]}" -keyout ca-key.pem -out ca-cert.pem -days 2 -subj /CN=peers-ca 2>/dev/null
+    openssl req "${ec[@]}" -keyout server-key.pem -out server.csr -subj /CN=localhost 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext
+    openssl x509 -req -in server.csr -CA ca-cert.pem -CAkey ca-key.pem -CAcreateserial \
+        -out server-cert.pem -days 2 -extfile server.ext 2>/dev/null
+    chmod 600 server-key.pem
+)
+cp "$TLS/ca-cert.pem" "$TLS_CLIENT/"
 
 start_hexzd() { # NAME ARCHIVE [serve options...]
     local name=$1 archive=$2 hp np
@@ -168,7 +187,15 @@ start_hexzd() { # NAME ARCHIVE [serve options...]
     SERVERS_HTTP+=("$name") SERVERS_NBD+=("$name")
 }
 
-start_hexzd hexzd "$REF"
+# The main hexzd also listens for HTTPS and offers STARTTLS: its TLS figures come from the
+# same process as its plaintext ones.
+tls_port=$(free_port)
+start_hexzd hexzd "$REF" --https "127.0.0.1:$tls_port" --tls-certificates "$TLS" --nbd-tls on
+HTTP_URL[hexzd-tls]=https://localhost:$tls_port/disk PID_OF[hexzd-tls]=${PID_OF[hexzd]}
+NBD_URL[hexzd-tls]="nbds://localhost:${NBD_URL[hexzd]##*:}/?tls-certificates=$TLS_CLIENT"
+wait_for curl -fs --cacert "$TLS/ca-cert.pem" -r 0-0 -o /dev/null "${HTTP_URL[hexzd-tls]}" ||
+    die "hexzd HTTPS did not answer: $(tail -3 "$RUN/hexzd.log")"
+SERVERS_HTTPS+=(hexzd-tls) SERVERS_NBDS+=(hexzd-tls)
 start_hexzd hexzd-cache0 "$REF" --cache 0
 start_hexzd hexzd-ownpack "$OWN"
 SERVERS_NBD=(hexzd hexzd-cache0)
@@ -180,7 +207,7 @@ HTTP_URL[hexz-serve]=http://127.0.0.1:$p/disk
 wait_for curl -fs -r 0-0 -o /dev/null "${HTTP_URL[hexz-serve]}" || die "hexz serve did not start"
 SERVERS_HTTP+=(hexz-serve)
 
-p=$(free_port)
+p=$(free_port) ps=$(free_port)
 mkdir -p "$RUN/nginx"
 # As root, nginx's workers would switch to www-data, who cannot read an image in root's home.
 nginx_user=""
@@ -205,6 +232,12 @@ http {
         listen 127.0.0.1:$p;
         location = /disk { alias $IMG; default_type application/octet-stream; }
     }
+    server {
+        listen 127.0.0.1:$ps ssl;
+        ssl_certificate $TLS/server-cert.pem;
+        ssl_certificate_key $TLS/server-key.pem;
+        location = /disk { alias $IMG; default_type application/octet-stream; }
+    }
 }
 EOF
 "$NGINX" -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf" >"$RUN/nginx.log" 2>&1 &
@@ -212,6 +245,10 @@ PIDS+=($!) PID_OF[nginx]=$!
 HTTP_URL[nginx]=http://127.0.0.1:$p/disk
 wait_for curl -fs -r 0-0 -o /dev/null "${HTTP_URL[nginx]}" || die "nginx did not start: $(tail -3 "$RUN/nginx/error.log")"
 SERVERS_HTTP+=(nginx)
+HTTP_URL[nginx-tls]=https://localhost:$ps/disk PID_OF[nginx-tls]=${PID_OF[nginx]}
+wait_for curl -fs --cacert "$TLS/ca-cert.pem" -r 0-0 -o /dev/null "${HTTP_URL[nginx-tls]}" ||
+    die "nginx HTTPS did not start: $(tail -3 "$RUN/nginx/error.log")"
+SERVERS_HTTPS+=(nginx-tls)
 
 p=$(free_port)
 qemu-nbd -r -f raw -t -e 16 -b 127.0.0.1 -p "$p" -x '' "$IMG" >"$RUN/qemu-nbd.log" 2>&1 &
@@ -219,6 +256,15 @@ PIDS+=($!) PID_OF[qemu-nbd]=$!
 NBD_URL[qemu-nbd]=nbd://127.0.0.1:$p
 wait_for nbdinfo --size "${NBD_URL[qemu-nbd]}" || die "qemu-nbd did not start"
 SERVERS_NBD+=(qemu-nbd)
+
+p=$(free_port)
+qemu-nbd -r -f raw -t -e 16 -b 127.0.0.1 -p "$p" -x '' \
+    --object "tls-creds-x509,id=tls0,dir=$TLS,endpoint=server,verify-peer=off" --tls-creds tls0 "$IMG" \
+    >"$RUN/qemu-nbd-tls.log" 2>&1 &
+PIDS+=($!) PID_OF[qemu-nbd-tls]=$!
+NBD_URL[qemu-nbd-tls]="nbds://localhost:$p/?tls-certificates=$TLS_CLIENT"
+wait_for nbdinfo --size "${NBD_URL[qemu-nbd-tls]}" || die "qemu-nbd (TLS) did not start"
+SERVERS_NBDS+=(qemu-nbd-tls)
 
 p=$(free_port)
 nbdkit -f -r -i 127.0.0.1 -p "$p" file "$IMG" >"$RUN/nbdkit.log" 2>&1 &
@@ -246,11 +292,11 @@ LUA=$here/peers-ranges.lua
 # cache_counts SERVER: "hits misses" of a hexzd's block cache from /metrics (empty otherwise).
 cache_counts() {
     [[ $1 == hexzd* ]] || return 0
-    curl -fs "${HTTP_URL[$1]%/disk}/metrics" |
+    curl -fsk "${HTTP_URL[$1]%/disk}/metrics" |
         awk '/^hexzd_store_cache_hits_total/{h=$2} /^hexzd_store_cache_misses_total/{m=$2} END{print h, m}'
 }
 
-run_wrk() { # SERVER LEN NAME ROUND
+run_wrk() { # SERVER LEN NAME ROUND (wrk speaks https:// URLs without checking certificates)
     local s=$1 len=$2 name=$3 round=$4 url=${HTTP_URL[$1]} t0 t1 out c0 c1
     # The warm-up draws other ranges than the measured run (its own seed), so a cache is
     # warmed by the workload, not by the very requests it is then timed on.
@@ -272,8 +318,8 @@ run_wrk() { # SERVER LEN NAME ROUND
     record "$s" "$name" "$round" "$rps" req/s "$reqs" $((t1 - t0)) "$p99"
 }
 
-run_nbdcopy() { # SERVER ROUND
-    local s=$1 round=$2 best=0 i t0 t1 a b
+run_nbdcopy() { # SERVER ROUND [NAME]
+    local s=$1 round=$2 name=${3:-nbdcopy} best=0 i t0 t1 a b
     t0=$(ticks "${PID_OF[$s]}")
     for i in 1 2 3; do
         a=$(date +%s.%N)
@@ -282,7 +328,7 @@ run_nbdcopy() { # SERVER ROUND
         best=$(python3 -c "print(max($best, $SIZE / ($b - $a) / 1e6))")
     done
     t1=$(ticks "${PID_OF[$s]}")
-    record "$s" nbdcopy "$round" "$best" MB/s 3 $((t1 - t0))
+    record "$s" "$name" "$round" "$best" MB/s 3 $((t1 - t0))
 }
 
 run_fio() { # SERVER DEPTH ROUND
@@ -309,8 +355,10 @@ say "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for ((round = 1; round <= ROUNDS; round++)); do
     say "round $round/$ROUNDS"
     for s in "${SERVERS_HTTP[@]}"; do run_wrk "$s" 1048576 http-1MiB "$round"; done
+    for s in "${SERVERS_HTTPS[@]}"; do run_wrk "$s" 1048576 https-1MiB "$round"; done
     for s in "${SERVERS_HTTP[@]}"; do run_wrk "$s" 4096 http-4KiB "$round"; done
     for s in "${SERVERS_NBD[@]}"; do run_nbdcopy "$s" "$round"; done
+    for s in "${SERVERS_NBDS[@]}"; do run_nbdcopy "$s" "$round" nbdcopy-tls; done
     for s in "${SERVERS_NBD[@]}"; do run_fio "$s" 1 "$round"; done
     for s in "${SERVERS_NBD[@]}"; do run_fio "$s" 32 "$round"; done
 done
@@ -325,7 +373,7 @@ hz, mb = float(sys.argv[2]), sys.argv[3]
 data = {}
 for server, work, rnd, value, unit, ops, ticks, p99 in rows:
     data.setdefault((work, server), []).append((float(value), unit, float(ops), float(ticks), p99))
-works = ["http-1MiB", "http-4KiB", "nbdcopy", "fio-qd1", "fio-qd32"]
+works = ["http-1MiB", "http-4KiB", "https-1MiB", "nbdcopy", "nbdcopy-tls", "fio-qd1", "fio-qd32"]
 def best(work, server):
     v = data.get((work, server))
     return max(x[0] for x in v) if v else None
@@ -344,7 +392,7 @@ for w in works:
         if work != w: continue
         unit = v[0][1]
         cpu = cpu_per_op(w, server)
-        if w == "nbdcopy":
+        if w.startswith("nbdcopy"):
             gb = len(v) * 3 * float(mb) * (1 << 20) / 1e9  # three copies per round
             cpu_s = f"{sum(x[3] for x in v) / hz / gb:.2f} s/GB"
         else:
@@ -365,6 +413,7 @@ targets = [
     ("fio-qd32", "hexzd", "qemu-nbd", ">= 1.0"),
     ("fio-qd1", "hexzd", "nbdkit", "stretch >= 1.0"),
     ("fio-qd32", "hexzd", "nbdkit", "stretch >= 1.0"),
+    ("https-1MiB", "hexzd-tls", "nginx-tls", ">= 1.0, issue 13"),
 ]
 for w, a, b, t in targets:
     print(f"  {w:10} {a} / {b}: {ratio(w, a, b)}  [{t}]")
@@ -377,6 +426,14 @@ for w in ["fio-qd1", "fio-qd32"]:
     a, b = p99_ms(w, "hexzd"), p99_ms(w, "qemu-nbd")
     if a and b:
         print(f"  {w:10} p99 hexzd / qemu-nbd: {a:.2f} / {b:.2f} ms = {a / b:.2f}  [<= 1.0]")
+def cross(wa, a, wb, b, what):
+    x, y = best(wa, a), best(wb, b)
+    if x and y:
+        print(f"  {what}: {x / y:.2f}")
+cross("https-1MiB", "hexzd-tls", "http-1MiB", "hexzd", "https-1MiB / http-1MiB, hexzd (cost of TLS)")
+cross("https-1MiB", "nginx-tls", "http-1MiB", "nginx", "https-1MiB / http-1MiB, nginx (cost of TLS)")
+cross("nbdcopy-tls", "hexzd-tls", "nbdcopy", "hexzd", "nbdcopy over TLS / plaintext, hexzd")
+cross("nbdcopy-tls", "hexzd-tls", "nbdcopy-tls", "qemu-nbd-tls", "nbdcopy over TLS, hexzd / qemu-nbd")
 c0, ref = cpu_per_op("http-4KiB", "hexzd-cache0"), cpu_per_op("http-4KiB", "hexz-serve")
 if c0 and ref:
     print(f"  http-4KiB CPU per request, hexzd --cache 0 / hexz serve: {c0:.1f} / {ref:.1f} us = {c0 / ref:.2f}  [<= 0.5]")

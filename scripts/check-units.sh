@@ -4,7 +4,9 @@
 #     a template (`NAME@.service`) is verified through an instance, `NAME@nbd0.service`;
 #   - `systemd-analyze security --offline=true` exposure of every service must be at or below
 #     2.0, or below the unit's own `# check-units: max-exposure N` line (a root service such as
-#     nbd-proxy@.service states its own bound and why).
+#     nbd-proxy@.service states its own bound and why);
+#   - each example drop-in, `systemd/UNIT.d/NAME.conf.example`, passes both checks applied to
+#     its unit.
 # ExecStart= and friends are pointed at the freshly built binary, because verify fails on a
 # missing one; the build honours CARGO_TARGET_DIR.
 set -euo pipefail
@@ -45,6 +47,30 @@ for a in "${args[@]}"; do
         echo "check-units: ${a#./} exposure $score (at most $max)"
     else
         echo "check-units: ${a#./} exposure ${score:-unknown} is above $max"
+        failed=1
+    fi
+done
+
+# Example drop-ins, systemd/UNIT.d/NAME.conf.example: each is verified and scored applied to
+# its unit (installed as NAME.conf), against the same bound or its own max-exposure line.
+for d in systemd/*.d/*.conf.example; do
+    [ -e "$d" ] || continue
+    unit=$(basename "$(dirname "$d")")
+    unit=${unit%.d}
+    with="$tmp/with-$(basename "$d" .conf.example)"
+    mkdir -p "$with/$unit.d"
+    cp "$tmp"/*.service "$tmp"/*.socket "$with/"
+    cp "$d" "$with/$unit.d/$(basename "$d" .example)"
+    out=$(cd "$with" && systemd-analyze verify --man=no "./$unit" 2>&1) || { echo "$out"; exit 1; }
+    if [ -n "$out" ]; then echo "systemd-analyze verify printed warnings for $d:"; echo "$out"; exit 1; fi
+    max=$(sed -n 's/^# check-units: max-exposure \([0-9.]*\).*/\1/p' "$d" | head -n 1)
+    max=${max:-2.0}
+    score=$(cd "$with" && systemd-analyze security --offline=true "./$unit" 2>&1 |
+        sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p')
+    if awk -v s="$score" -v m="$max" 'BEGIN { exit !(s != "" && s <= m) }'; then
+        echo "check-units: $unit with $d: verify clean, exposure $score (at most $max)"
+    else
+        echo "check-units: $unit with $d: exposure ${score:-unknown} is above $max"
         failed=1
     fi
 done

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(curl wget aria2 python3 libnbd-bin python3-libnbd nbd-client qemu-utils e2fsprogs)
+PKGS=(curl wget aria2 python3 libnbd-bin python3-libnbd nbd-client qemu-utils e2fsprogs nginx python3-pip openssl)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -20,6 +20,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-cache show libnbd-bin >/dev/null 2>&1 || apt-get update -q
     # --no-remove: never let apt uninstall anything (qemu-utils comes from backports here).
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --no-remove "${missing[@]}"
+fi
+
+# Remote archives (tests/remote_s3.rs): moto's standalone S3 server checks request signatures.
+if ! command -v moto_server >/dev/null 2>&1; then
+    if command -v pip3 >/dev/null 2>&1 || python3 -m pip --version >/dev/null 2>&1; then
+        echo "deps: installing moto[server] (pip)"
+        python3 -m pip install -q 'moto[server]' 2>/dev/null \
+            || python3 -m pip install -q --break-system-packages 'moto[server]' \
+            || echo "deps: pip install 'moto[server]' failed (the S3 test will skip)" >&2
+    else
+        echo "deps: no pip; the S3 test will skip (install python3-pip)" >&2
+    fi
 fi
 
 # The kernel NBD tests run in a small QEMU VM (tools/nbdvm). Its setup is idempotent and takes

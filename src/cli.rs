@@ -70,6 +70,21 @@ pub struct ServeArgs {
     /// Serve one NBD session on stdin/stdout (no listeners), for inetd-style use and tests.
     #[arg(long, conflicts_with_all = ["http", "nbd", "nbd_unix"])]
     pub stdio: bool,
+    /// HTTPS listen address (host:port, [v6]:port), or "off". Repeatable. Needs
+    /// --tls-certificates (or [tls] certificates). [default: none, or [http] listen_tls]
+    #[arg(long, value_name = "ADDR|off")]
+    pub https: Vec<String>,
+    /// Certificate directory in the x509 layout of qemu-nbd and nbdkit: server-cert.pem (the
+    /// chain), server-key.pem, and ca-cert.pem (for --tls-verify-peer).
+    #[arg(long, value_name = "DIR")]
+    pub tls_certificates: Option<PathBuf>,
+    /// Require client certificates signed by ca-cert.pem (HTTPS and NBD over TLS).
+    #[arg(long)]
+    pub tls_verify_peer: bool,
+    /// NBD_OPT_STARTTLS: off (refused), on (offered), require (nothing else before TLS).
+    /// [default: off, or [nbd] tls]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub nbd_tls: Option<NbdTlsArg>,
     /// Require "Authorization: Bearer TOKEN" on HTTP (the token is this file's first line).
     #[arg(long, value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
@@ -102,6 +117,27 @@ pub struct ServeArgs {
     pub password: PasswordArgs,
 }
 
+/// `--nbd-tls` values (nbdkit's `--tls` modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NbdTlsArg {
+    /// STARTTLS refused.
+    Off,
+    /// STARTTLS offered; plaintext clients served too.
+    On,
+    /// TLS required before anything else.
+    Require,
+}
+
+impl From<NbdTlsArg> for crate::nbd::TlsMode {
+    fn from(a: NbdTlsArg) -> Self {
+        match a {
+            NbdTlsArg::Off => crate::nbd::TlsMode::Off,
+            NbdTlsArg::On => crate::nbd::TlsMode::On,
+            NbdTlsArg::Require => crate::nbd::TlsMode::Require,
+        }
+    }
+}
+
 /// `--activated-protocol` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ActivatedProtocol {
@@ -109,6 +145,8 @@ pub enum ActivatedProtocol {
     Http,
     /// NBD server.
     Nbd,
+    /// HTTPS (HTTP over TLS).
+    Https,
 }
 
 impl From<ActivatedProtocol> for crate::daemon::Protocol {
@@ -116,6 +154,7 @@ impl From<ActivatedProtocol> for crate::daemon::Protocol {
         match p {
             ActivatedProtocol::Http => crate::daemon::Protocol::Http,
             ActivatedProtocol::Nbd => crate::daemon::Protocol::Nbd,
+            ActivatedProtocol::Https => crate::daemon::Protocol::Https,
         }
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! Layers, bottom up (design.md §2): [`format`] is the pure archive format; [`store`] opens
 //! snapshots and answers `read_at`; [`pack`] writes archives; [`serving`] holds what the front
-//! ends share (the catalog, every name on the wire, connections, metrics); [`http`] and [`nbd`]
-//! are the front ends; [`daemon`] owns the lifecycle of `serve` on top of them. [`cli`] and
+//! ends share (the catalog, every name on the wire, connections, metrics); [`tls`] puts rustls
+//! on their sockets; [`http`] and [`nbd`] are the front ends; [`daemon`] owns the lifecycle of `serve` on top of them. [`cli`] and
 //! [`commands`] are the command line. Imports only ever point down this list.
 
 pub mod cli;
@@ -19,3 +19,4 @@ pub mod pack;
 pub mod proxy;
 pub mod serving;
 pub mod store;
+pub mod tls;

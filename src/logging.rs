@@ -28,7 +28,17 @@ pub fn init(default: log::LevelFilter) {
     let filter = std::env::var("HEXZD_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| default.as_str().to_ascii_lowercase());
-    let filter = env_logger::Builder::new().parse_filters(&filter).build();
+    let mut b = env_logger::Builder::new();
+    // The HTTP client of remote archives logs requests at debug level (URLs with presigned
+    // queries, headers): keep it at warn unless a filter names it (`ureq=debug`).
+    for module in ["ureq", "ureq_proto"] {
+        b.filter_module(module, log::LevelFilter::Warn);
+    }
+    // rustls logs every alert it sends at warn level ("Sending warning alert
+    // NoRenegotiation"): that is one line per misbehaving TLS client, which hexzd counts and
+    // logs at debug itself (issue 13). Errors only, unless a filter names it.
+    b.filter_module("rustls", log::LevelFilter::Error);
+    let filter = b.parse_filters(&filter).build();
     let max = filter.filter();
     let logger = Stderr {
         filter,

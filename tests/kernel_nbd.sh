@@ -66,6 +66,29 @@ rm "$DATA/fs.img" "$DATA/memory"
 
 cp "$TARGET/hexzd" "$DATA/hexzd"
 
+# A test CA, a server certificate for localhost and a client certificate, for the TLS part
+# (made here, never committed; the guest has no openssl).
+if command -v openssl > /dev/null; then
+    tls="$DATA/tls"
+    mkdir -p "$tls"
+    (
+        cd "$tls"
+        ec="-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
+        openssl req -x509 $ec -keyout ca-key.pem -out ca-cert.pem -days 2 -subj /CN=hexzd-test-ca 2> /dev/null
+        openssl req $ec -keyout server-key.pem -out server.csr -subj /CN=localhost 2> /dev/null
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > server.ext
+        openssl x509 -req -in server.csr -CA ca-cert.pem -CAkey ca-key.pem -CAcreateserial \
+            -out server-cert.pem -days 2 -extfile server.ext 2> /dev/null
+        openssl req $ec -keyout client-key.pem -out client.csr -subj /CN=hexzd-test-client 2> /dev/null
+        printf 'extendedKeyUsage=clientAuth\n' > client.ext
+        openssl x509 -req -in client.csr -CA ca-cert.pem -CAkey ca-key.pem -CAcreateserial \
+            -out client-cert.pem -days 2 -extfile client.ext 2> /dev/null
+        rm -f ca-key.pem ./*.csr ./*.ext ca-cert.srl
+    )
+else
+    echo "kernel_nbd: openssl is not installed: the TLS part will be skipped"
+fi
+
 rc=0
 if [ "$LOCAL" = 1 ]; then
     sh "$ROOT/tests/guest/kernel_nbd.sh" "$DATA" || rc=$?

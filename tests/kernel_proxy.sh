@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Kernel test of nbd-proxy mode and local attach (issue 10): builds hexzd, makes ext4 images
 # with known files (mkfs.ext4 -d: no loop device or mount on the host), packs a full, a thin
-# (--base) and an encrypted snapshot, and runs tests/guest/kernel_proxy.sh inside the nbdvm VM
-# (tools/nbdvm), where hexzd drives /dev/nbdX itself. Exit status: 0 = passed or skipped (a
+# (--base) and an encrypted snapshot, and runs tests/guest/kernel_proxy.sh, then
+# tests/guest/daemon_attach.sh (the daemon's [[attach]] entries), inside one boot of the
+# nbdvm VM (tools/nbdvm), where hexzd drives /dev/nbdX itself. Exit status: 0 = passed or skipped (a
 # "SKIP:" line says why), otherwise failed. HEXZD_REQUIRE_VM=1 turns a skip into a failure.
 #
 #   tests/kernel_proxy.sh [run.sh options...]     e.g. -v, -t 900
@@ -72,11 +73,22 @@ echo "proxy-test-password" > "$DATA/password"
 rm "$DATA/base.img" "$DATA/child.img"
 cp "$TARGET/hexzd" "$DATA/hexzd"
 
+# Both guest scripts in one boot: run.sh copies one script into the VM, which runs the two
+# from the shared directory.
+cp "$ROOT/tests/guest/kernel_proxy.sh" "$ROOT/tests/guest/daemon_attach.sh" "$DATA/"
+cat > "$DATA/all.sh" << 'ALL_EOF'
+dir=$1
+st=0
+sh "$dir/kernel_proxy.sh" "$dir" || st=1
+sh "$dir/daemon_attach.sh" "$dir" || st=1
+exit $st
+ALL_EOF
+
 rc=0
 if [ "$LOCAL" = 1 ]; then
-    sh "$ROOT/tests/guest/kernel_proxy.sh" "$DATA" || rc=$?
+    sh "$DATA/all.sh" "$DATA" || rc=$?
 else
-    "$NBDVM/run.sh" -t 900 "$@" "$DATA" "$ROOT/tests/guest/kernel_proxy.sh" /host || rc=$?
+    "$NBDVM/run.sh" -t 900 "$@" "$DATA" "$DATA/all.sh" /host || rc=$?
 fi
 case "$rc" in
     0) echo "kernel_proxy: PASS" ;;

@@ -5,18 +5,21 @@ use std::io::{self, Write};
 use super::{CommandError, cli_password};
 use crate::cli::CatArgs;
 use crate::format::Stream;
-use crate::store::{Engine, EngineConfig, OpenOptions, Snapshot};
+use crate::store::{Engine, EngineConfig, OpenOptions, RemoteConfig, Snapshot};
 
 /// Read size: large enough that one read spans many blocks and keeps every worker busy.
 const CHUNK: usize = 8 << 20;
 
 /// Copies the requested range to stdout. A closed pipe (`| head`) ends the copy quietly.
 pub fn run(args: &CatArgs) -> Result<(), CommandError> {
-    let engine = Engine::new(EngineConfig {
-        // Sequential, read once: caching would only cost copies.
-        cache_bytes: 0,
-        ..EngineConfig::default()
-    })
+    let engine = Engine::with_remote(
+        EngineConfig {
+            // Sequential, read once: caching would only cost copies.
+            cache_bytes: 0,
+            ..EngineConfig::default()
+        },
+        RemoteConfig::from_env()?,
+    )
     .map_err(CommandError::Output)?;
     let snap = Snapshot::open_with(
         &args.archive,

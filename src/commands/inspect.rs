@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::CommandError;
 use crate::cli::InspectArgs;
 use crate::format::{BlockKind, Stream};
-use crate::store::{Engine, EngineConfig, OpenOptions, Snapshot, parent_candidates};
+use crate::store::{Engine, EngineConfig, OpenOptions, RemoteConfig, Snapshot};
 
 /// Per-stream figures.
 #[derive(Debug, Serialize)]
@@ -139,43 +139,34 @@ fn stream_report(
     Ok(r)
 }
 
-/// Describes the parent chain. Each file is expanded once: a file met again (a loop, or two
+/// Describes the parent chain. Each archive is expanded once: one met again (a loop, or two
 /// paths to one parent) is reported as already shown, so a hostile header cannot make this
 /// walk exponential.
 fn parent_chain(
     engine: &std::sync::Arc<Engine>,
-    child: &Path,
-    names: &[String],
-    seen: &mut HashSet<std::path::PathBuf>,
+    child: &Snapshot,
+    seen: &mut HashSet<String>,
 ) -> Vec<ParentReport> {
+    let names = &child.archive().header().parent_paths;
     let mut out = Vec::with_capacity(names.len());
     for name in names {
+        let found = child.parent_ref(name);
         let mut rep = ParentReport {
             path: name.clone(),
-            resolved: None,
+            resolved: found.resolved.clone(),
             error: None,
             parents: Vec::new(),
         };
-        let found = parent_candidates(child, name)
-            .into_iter()
-            // A symbolic link loop is not "not found": opening it reports the loop.
-            .find(|c| !matches!(c.try_exists(), Ok(false)));
-        match found {
-            None => rep.error = Some("not found".into()),
-            Some(c) => {
-                rep.resolved = Some(c.display().to_string());
-                let key = std::fs::canonicalize(&c).unwrap_or_else(|_| c.clone());
-                if !seen.insert(key) {
-                    rep.error = Some("already shown above (the chain loops or repeats)".into());
-                } else {
-                    match open_index(engine, &c) {
-                        Ok(s) => {
-                            rep.parents =
-                                parent_chain(engine, &c, &s.archive().header().parent_paths, seen);
-                        }
-                        Err(e) => rep.error = Some(e.to_string()),
-                    }
-                }
+        if found
+            .identity
+            .as_ref()
+            .is_some_and(|k| !seen.insert(k.clone()))
+        {
+            rep.error = Some("already shown above (the chain loops or repeats)".into());
+        } else {
+            match found.open_index(engine) {
+                Ok(s) => rep.parents = parent_chain(engine, &s, seen),
+                Err(e) => rep.error = Some(e),
             }
         }
         out.push(rep);
@@ -185,11 +176,14 @@ fn parent_chain(
 
 /// Builds the report.
 pub fn report(path: &Path) -> Result<Report, CommandError> {
-    let engine = Engine::new(EngineConfig {
-        cache_bytes: 0,
-        workers: 1,
-        ..EngineConfig::default()
-    })
+    let engine = Engine::with_remote(
+        EngineConfig {
+            cache_bytes: 0,
+            workers: 1,
+            ..EngineConfig::default()
+        },
+        RemoteConfig::from_env()?,
+    )
     .map_err(CommandError::Output)?;
     let snap = open_index(&engine, path)?;
     let a = snap.archive();
@@ -201,7 +195,7 @@ pub fn report(path: &Path) -> Result<Report, CommandError> {
             .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&m).into_owned()))
     });
     Ok(Report {
-        path: path.display().to_string(),
+        path: snap.path().display().to_string(),
         file_size: a.file_len(),
         version: 1,
         compression: h.compression.name(),
@@ -210,9 +204,11 @@ pub fn report(path: &Path) -> Result<Report, CommandError> {
         ratio: (main.size + aux.size) as f64 / a.file_len().max(1) as f64,
         main,
         aux,
-        parents: parent_chain(&engine, path, &h.parent_paths, &mut {
+        parents: parent_chain(&engine, &snap, &mut {
             let mut seen = HashSet::new();
-            seen.insert(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
+            let me = snap.path();
+            let me = std::fs::canonicalize(me).unwrap_or_else(|_| me.to_path_buf());
+            seen.insert(me.display().to_string());
             seen
         }),
         encryption: h.encryption.map(|e| Encryption {

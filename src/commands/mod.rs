@@ -31,6 +31,9 @@ pub enum CommandError {
     /// `serve` could not start.
     #[error(transparent)]
     Daemon(#[from] crate::daemon::DaemonError),
+    /// The S3 settings in the environment are unusable.
+    #[error(transparent)]
+    S3(#[from] crate::store::remote::S3Error),
     /// A password file could not be used.
     #[error("password file {0}")]
     PasswordFile(crate::store::file::FileError),

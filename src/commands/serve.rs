@@ -13,8 +13,8 @@ pub fn run(args: &ServeArgs) -> Result<(), CommandError> {
     Ok(())
 }
 
-/// The daemon's options for `args`. `--http off` and `--nbd off` turn a protocol off; an
-/// address given with them still counts.
+/// The daemon's options for `args`. `--http off`, `--https off` and `--nbd off` turn a
+/// protocol off; an address given with them still counts.
 fn options(args: &ServeArgs) -> Options {
     let listen = |v: &[String]| -> Option<Vec<String>> {
         (!v.is_empty()).then(|| v.iter().filter(|a| a.as_str() != "off").cloned().collect())
@@ -32,6 +32,10 @@ fn options(args: &ServeArgs) -> Options {
             shutdown_timeout: args.shutdown_timeout,
             archives: args.archives.clone(),
             password_file: args.password.password_file.clone(),
+            https_listen: listen(&args.https),
+            tls_certificates: args.tls_certificates.clone(),
+            tls_verify_peer: args.tls_verify_peer,
+            nbd_tls: args.nbd_tls.map(Into::into),
         },
         stdio: args.stdio,
         check_config: args.check_config,

@@ -5,14 +5,17 @@ use std::io::IsTerminal;
 
 use super::{CommandError, cli_password};
 use crate::cli::VerifyArgs;
-use crate::store::{Engine, EngineConfig, OpenOptions, Snapshot};
+use crate::store::{Engine, EngineConfig, OpenOptions, RemoteConfig, Snapshot};
 
 /// Verifies the archive and prints the result.
 pub fn run(args: &VerifyArgs) -> Result<(), CommandError> {
-    let engine = Engine::new(EngineConfig {
-        cache_bytes: 0,
-        ..EngineConfig::default()
-    })
+    let engine = Engine::with_remote(
+        EngineConfig {
+            cache_bytes: 0,
+            ..EngineConfig::default()
+        },
+        RemoteConfig::from_env()?,
+    )
     .map_err(CommandError::Output)?;
     let snap = Snapshot::open_with(
         &args.archive,
@@ -45,7 +48,8 @@ pub fn run(args: &VerifyArgs) -> Result<(), CommandError> {
     }
     println!(
         "{}: {} blocks checked ({} decoded, {} parent references): {}",
-        args.archive.display(),
+        // The path, or the URL without credentials.
+        snap.path().display(),
         report.blocks,
         report.decoded,
         report.parent_refs,

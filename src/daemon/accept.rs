@@ -20,6 +20,7 @@ use super::watchdog::Probe;
 use crate::http::HttpService;
 use crate::nbd::NbdService;
 use crate::serving::{Conn, Metrics, ProtoMetrics, RateLog};
+use crate::tls::TlsContext;
 
 /// Stack size of connection threads. Connection state lives on the heap; a small stack keeps
 /// thousands of idle connections cheap.
@@ -35,6 +36,8 @@ pub enum Service {
     Http(Arc<HttpService>),
     /// The NBD front end.
     Nbd(Arc<NbdService>),
+    /// The HTTP front end behind TLS, with the certificates in effect.
+    Https(Arc<HttpService>, Arc<TlsContext>),
 }
 
 impl Service {
@@ -43,13 +46,14 @@ impl Service {
         match self {
             Service::Http(_) => Protocol::Http,
             Service::Nbd(_) => Protocol::Nbd,
+            Service::Https(..) => Protocol::Https,
         }
     }
 
-    /// The connection cap, shared by every listener of the protocol.
+    /// The connection cap, shared by every listener of the protocol (HTTPS counts as HTTP).
     pub fn max_connections(&self) -> usize {
         match self {
-            Service::Http(s) => s.settings().max_connections,
+            Service::Http(s) | Service::Https(s, _) => s.settings().max_connections,
             Service::Nbd(s) => s.settings().max_connections,
         }
     }
@@ -57,7 +61,7 @@ impl Service {
     /// This protocol's counters.
     pub fn counters<'m>(&self, metrics: &'m Metrics) -> &'m ProtoMetrics {
         match self {
-            Service::Http(_) => &metrics.http,
+            Service::Http(_) | Service::Https(..) => &metrics.http,
             Service::Nbd(_) => &metrics.nbd,
         }
     }
@@ -67,6 +71,7 @@ impl Service {
         match self {
             Service::Http(s) => s.serve_connection(conn),
             Service::Nbd(s) => s.serve_connection(conn),
+            Service::Https(s, tls) => s.serve_tls_connection(conn, tls),
         }
     }
 
@@ -74,8 +79,9 @@ impl Service {
     fn reject(&self, conn: Conn) {
         match self {
             Service::Http(s) => s.reject_busy(conn),
-            // NBD has no way to say "busy" before the handshake: close.
-            Service::Nbd(_) => drop(conn),
+            // NBD has no way to say "busy" before the handshake, and an HTTPS 503 would cost
+            // a TLS handshake on the accept thread: close.
+            Service::Nbd(_) | Service::Https(..) => drop(conn),
         }
     }
 
@@ -83,6 +89,7 @@ impl Service {
         match self {
             Service::Http(_) => "http-conn",
             Service::Nbd(_) => "nbd-conn",
+            Service::Https(..) => "https-conn",
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Socket activation (systemd.md §3): listening sockets passed as fds 3, 4, … with
 //! `LISTEN_PID` (must be this process), `LISTEN_FDS` (how many) and `LISTEN_FDNAMES`
 //! (`FileDescriptorName=` of the socket units). hexzd knows each socket by its **name**,
-//! `http` or `nbd`, never by its port. A generic activator that passes no names (libnbd's
+//! `http`, `https` or `nbd`, never by its port. A generic activator that passes no names (libnbd's
 //! `nbdinfo -- [ hexzd serve … ]` passes one fd on fd 3) needs `--activated-protocol http|nbd`,
 //! which then applies to every socket whose name is missing or unknown.
 //!
@@ -30,6 +30,7 @@ pub fn protocol_of_name(name: &str) -> Option<Protocol> {
     match name {
         "http" => Some(Protocol::Http),
         "nbd" => Some(Protocol::Nbd),
+        "https" => Some(Protocol::Https),
         _ => None,
     }
 }
@@ -116,8 +117,9 @@ pub fn adopt(plan: &[(RawFd, Protocol)]) -> Result<Vec<(Protocol, Listener)>, Li
             return Err(bad(fd, "is not an open file descriptor".into()));
         }
         // SAFETY: `fd` is open (checked above), was passed to this process by its activator
-        // for it to own, and is adopted exactly once: the LISTEN_* variables were removed at
-        // start-up and nothing else in hexzd refers to fds by number.
+        // for it to own, and is adopted exactly once: the LISTEN_* variables are read once, at
+        // start-up (`SystemdEnv::read`; a reload never adopts again), no child inherits them
+        // (hooks start without them), and nothing else in hexzd refers to fds by number.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         out.push((protocol, check(owned)?));
     }

@@ -8,10 +8,13 @@
 //! part, `validate` the checks and the reading of secrets. Unknown keys, bad values, missing
 //! files and duplicate names are errors that name the file, the key (or the flag) and the
 //! problem. Relative paths in the file are relative to its directory; on the command line, to
-//! the working directory.
+//! the working directory. `[[attach]]` devices are absolute `/dev` paths and name a snapshot
+//! of the same configuration.
 
 mod overrides;
 mod raw;
+mod remote;
+mod tls;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -20,10 +23,11 @@ use std::time::Duration;
 pub use overrides::{ArchiveArg, Overrides};
 pub use raw::{parse_duration, parse_size};
 
+use crate::format::Stream;
 use crate::http::HttpSettings;
 use crate::nbd::NbdSettings;
-use crate::store::EngineConfig;
 use crate::store::file::FileError;
+use crate::store::{EngineConfig, RemoteConfig};
 
 /// Default HTTP listen address.
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
@@ -83,6 +87,8 @@ impl std::fmt::Debug for Secret {
 pub struct HttpConfig {
     /// Addresses to listen on (empty = HTTP off).
     pub listen: Vec<String>,
+    /// Addresses to listen on with TLS (HTTPS; empty = none).
+    pub listen_tls: Vec<String>,
     /// The HTTP front end's settings.
     pub settings: HttpSettings,
 }
@@ -184,6 +190,21 @@ pub struct SnapshotConfig {
     pub password: Option<Secret>,
 }
 
+/// One `[[attach]]` entry: a snapshot of the configuration attached to a kernel NBD device
+/// for as long as the daemon runs (daemon::attach).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachConfig {
+    /// The name of a snapshot of this configuration (file or command line).
+    pub snapshot: String,
+    /// The device node: an absolute path under `/dev`, unique among the entries.
+    pub device: PathBuf,
+    /// The stream given to the device.
+    pub stream: Stream,
+    /// Kernel per-request timeout in seconds (0: none, as `hexzd attach`; the server is this
+    /// process).
+    pub timeout: u32,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -195,12 +216,18 @@ pub struct Config {
     pub nbd: NbdConfig,
     /// Store sizing.
     pub cache: CacheConfig,
+    /// Remote archives: `[s3]`, `[remote]` and `[cache] disk` (S3 credentials read here).
+    pub remote: RemoteConfig,
     /// Memory and per-client limits.
     pub limits: LimitsConfig,
     /// Lifecycle settings.
     pub daemon: DaemonConfig,
+    /// `[tls]`: the certificate directory, when anything uses TLS (or it is set anyway).
+    pub tls: Option<crate::tls::TlsSettings>,
     /// Snapshots: the file's in file order, then the command line's.
     pub snapshots: Vec<SnapshotConfig>,
+    /// `[[attach]]` entries, in file order.
+    pub attach: Vec<AttachConfig>,
 }
 
 /// The defaults, written once: the listen addresses here, everything else from the front
@@ -212,6 +239,7 @@ impl Default for Config {
             file: None,
             http: HttpConfig {
                 listen: vec![DEFAULT_HTTP.to_string()],
+                listen_tls: Vec::new(),
                 settings: HttpSettings::default(),
             },
             nbd: NbdConfig {
@@ -223,11 +251,14 @@ impl Default for Config {
                 memory: engine.cache_bytes as u64,
                 workers: engine.workers,
             },
+            remote: RemoteConfig::default(),
             limits: LimitsConfig::default(),
             daemon: DaemonConfig {
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             },
+            tls: None,
             snapshots: Vec::new(),
+            attach: Vec::new(),
         }
     }
 }
@@ -266,3 +297,5 @@ fn parse_raw(text: &str, file: &Path) -> Result<raw::RawConfig, ConfigError> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_attach;

@@ -31,7 +31,8 @@ pub enum ListenError {
     /// Sockets passed by systemd (or another activator) cannot be used.
     #[error("socket activation: {0}")]
     Activation(String),
-    /// Both protocols are off and no socket was passed: there would be nothing to serve on.
+    /// Both protocols are off, no socket was passed and there is no `[[attach]]` entry: there
+    /// would be nothing to serve on.
     #[error(
         "nothing to listen on: HTTP and NBD are both off (give --http ADDR or --nbd ADDR, a listen address in the config file, or sockets through systemd socket activation)"
     )]
@@ -46,6 +47,8 @@ pub enum Protocol {
     Http,
     /// NBD server.
     Nbd,
+    /// HTTP over TLS (the HTTP front end behind a TLS handshake).
+    Https,
 }
 
 impl Protocol {
@@ -54,13 +57,14 @@ impl Protocol {
         match self {
             Protocol::Http => "HTTP",
             Protocol::Nbd => "NBD",
+            Protocol::Https => "HTTPS",
         }
     }
 }
 
 /// The listeners to serve: `passed` (socket activation, already adopted), then, for each
 /// protocol without a passed socket, the configured ones bound in config order (HTTP
-/// addresses, NBD addresses, NBD Unix sockets). Everything is ready before anything is
+/// addresses, HTTPS addresses, NBD addresses, NBD Unix sockets). Everything is ready before anything is
 /// served, so a bad address fails start-up cleanly; no listener at all is an error too. A
 /// reload never calls this again, so activated or bound sockets stay as they are.
 pub fn obtain(
@@ -69,11 +73,19 @@ pub fn obtain(
 ) -> Result<Vec<(Protocol, Listener)>, ListenError> {
     let has = |p: Protocol| passed.iter().any(|(q, _)| *q == p);
     let (http_passed, nbd_passed) = (has(Protocol::Http), has(Protocol::Nbd));
+    let https_passed = has(Protocol::Https);
     let mut listeners = passed;
     if !http_passed {
         for a in &config.http.listen {
             for l in Listener::bind_tcp(a)? {
                 listeners.push((Protocol::Http, l));
+            }
+        }
+    }
+    if !https_passed {
+        for a in &config.http.listen_tls {
+            for l in Listener::bind_tcp(a)? {
+                listeners.push((Protocol::Https, l));
             }
         }
     }
@@ -87,7 +99,8 @@ pub fn obtain(
             listeners.push((Protocol::Nbd, Listener::bind_unix(p)?));
         }
     }
-    if listeners.is_empty() {
+    // A daemon that only keeps `[[attach]]` devices attached needs no listener.
+    if listeners.is_empty() && config.attach.is_empty() {
         return Err(ListenError::Nothing);
     }
     Ok(listeners)

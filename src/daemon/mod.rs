@@ -17,15 +17,17 @@
 //! - `signals`: the signal thread, which only forwards signals to the run loop as events.
 //! - `reload`: the reload worker thread (SIGHUP), which re-reads the config and swaps the
 //!   catalog.
+//! - `attach`: the `[[attach]]` entries, snapshots attached to kernel NBD devices at start,
+//!   brought in line with the config on reload, detached on stop.
 //! - `shutdown`: the shutdown flag and wake-up pipe the accept loops poll; `drain`: the
 //!   graceful stop of open connections within `[daemon] shutdown_timeout`.
-//! - systemd (systemd.md): `sd_env` takes the service manager's variables out of the
-//!   environment first thing; `notify` speaks sd_notify; `watchdog` pings only while every
+//! - systemd (systemd.md): `sd_env` reads the service manager's variables once, first thing; `notify` speaks sd_notify; `watchdog` pings only while every
 //!   accept loop answers; `activation` adopts passed sockets; `limits` raises `RLIMIT_NOFILE`
 //!   and fits the connection caps to the limits.
 
 pub mod accept;
 pub mod activation;
+pub mod attach;
 pub mod clients;
 pub mod config;
 pub mod drain;
@@ -67,12 +69,18 @@ pub enum DaemonError {
     /// A listener could not be set up.
     #[error(transparent)]
     Listen(#[from] ListenError),
+    /// The TLS certificates could not be loaded.
+    #[error(transparent)]
+    Tls(crate::tls::TlsError),
     /// A thread or pipe could not be created.
     #[error("cannot start: {0}")]
     Start(std::io::Error),
     /// The `--stdio` NBD session failed.
     #[error("cannot write output: {0}")]
     Stdio(std::io::Error),
+    /// An `[[attach]]` entry could not be attached (the line names the device and the reason).
+    #[error("{0}")]
+    Attach(String),
 }
 
 /// What `hexzd serve` was asked to do.
@@ -91,14 +99,11 @@ pub struct Options {
     pub activated_protocol: Option<Protocol>,
 }
 
-/// Runs `hexzd serve`: takes systemd's variables out of the environment, validates the
+/// Runs `hexzd serve`: reads systemd's variables ([`SystemdEnv::read`]), validates the
 /// configuration, opens the snapshots, obtains the listeners, and serves until SIGINT or
 /// SIGTERM. With `check_config`, stops after opening the snapshots and returns the summary.
-///
-/// Must be called while the process has a single thread (first thing in `main`'s `serve`):
-/// it edits the environment ([`SystemdEnv::take`]).
 pub fn run(options: Options) -> Result<Option<String>, DaemonError> {
-    let env = SystemdEnv::take();
+    let env = SystemdEnv::read();
     if options.check_config {
         return check_config(&options).map(Some);
     }
@@ -156,8 +161,17 @@ fn check_config(options: &Options) -> Result<String, DaemonError> {
         .file
         .as_ref()
         .map_or_else(|| "command line".to_string(), |f| f.display().to_string());
-    Ok(format!(
+    let mut summary = format!(
         "{what}: configuration OK; {}",
         snapshots::describe(&catalog)
-    ))
+    );
+    if let Some(t) = &config.tls {
+        let tls = crate::tls::TlsContext::check(t).map_err(DaemonError::Tls)?;
+        summary.push_str("; ");
+        summary.push_str(&tls);
+    }
+    if let Some(a) = attach::describe_entries(&config.attach) {
+        summary = format!("{summary}; {a}");
+    }
+    Ok(summary)
 }

@@ -4,6 +4,14 @@
 //! snapshots are opened and validated first, then swapped in atomically; open connections keep
 //! the set they started with; a bad new config is logged and the old set keeps serving.
 //! Listener and cache changes need a restart (listeners are never rebound on reload).
+//!
+//! TLS certificates are re-read on every reload (also without a config file, when they came
+//! from `--tls-certificates`): the new ones are checked with the rest of the config and
+//! swapped in with the snapshots, for new connections; open connections keep the ones they
+//! were handshaken with; a bad certificate fails the reload like a bad config.
+//!
+//! `[[attach]]` entries follow the new config once its snapshots are in (daemon::attach):
+//! unchanged ones keep running, and an entry that cannot be attached fails alone.
 
 use std::io;
 use std::path::PathBuf;
@@ -11,11 +19,13 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use super::attach::Attachments;
 use super::config::{Config, Overrides};
 use super::runtime::Event;
 use super::snapshots::{describe, open_catalog};
 use crate::serving::CatalogHandle;
 use crate::store::Engine;
+use crate::tls::TlsContext;
 
 /// What one reload did, reported to the run loop (hook for sd_notify's `READY=1` and
 /// `STATUS=` after `RELOADING=1`).
@@ -23,6 +33,14 @@ use crate::store::Engine;
 pub enum ReloadOutcome {
     /// The new snapshot set is in effect; the summary line says what is served.
     Reloaded(String),
+    /// The new snapshot set is in effect, but these `[[attach]]` entries could not be
+    /// attached (each failure is one line naming the device and the reason).
+    AttachFailed {
+        /// What is served.
+        summary: String,
+        /// The entries that failed.
+        failures: Vec<String>,
+    },
     /// There is no config file to re-read; nothing changed.
     NoConfigFile,
     /// The new config or a snapshot in it failed; the old set keeps serving.
@@ -43,6 +61,10 @@ pub struct Reloader {
     pub engine: Arc<Engine>,
     /// Where the new catalog is swapped in.
     pub catalog: Arc<CatalogHandle>,
+    /// Where new certificates are swapped in (when TLS was configured at start).
+    pub tls: Option<Arc<TlsContext>>,
+    /// The running `[[attach]]` entries, brought in line with the new config.
+    pub attachments: Arc<Attachments>,
 }
 
 impl Reloader {
@@ -50,8 +72,7 @@ impl Reloader {
     /// failed, keeping the current snapshots: …`).
     pub fn reload(&mut self) -> ReloadOutcome {
         let Some(file) = self.file.clone() else {
-            log::info!("SIGHUP: no config file to re-read; snapshots unchanged");
-            return ReloadOutcome::NoConfigFile;
+            return self.reload_certificates_only();
         };
         let new = match Config::load(Some(&file), &self.overrides) {
             Ok(c) => c,
@@ -61,18 +82,56 @@ impl Reloader {
             || new.nbd != self.running.nbd
             || new.cache != self.running.cache
             || new.daemon != self.running.daemon
+            || new.remote != self.running.remote
         {
             log::warn!(
-                "reload: [http], [nbd], [cache] and [daemon] changes take effect at the next restart"
+                "reload: [http], [nbd], [cache], [daemon], [s3] and [remote] changes take effect at the next restart"
             );
         }
-        match open_catalog(&new.snapshots, &self.engine) {
-            Ok(c) => {
-                // Swap first: the log line tells watchers the new set is in effect.
-                let summary = describe(&c);
-                self.catalog.store(c);
-                self.running.snapshots = new.snapshots;
-                log::info!("reloaded {}: {summary}", file.display());
+        if new.tls.is_some() != self.tls.is_some() {
+            log::warn!("reload: turning TLS on or off takes effect at the next restart");
+        }
+        let catalog = match open_catalog(&new.snapshots, &self.engine) {
+            Ok(c) => c,
+            Err(e) => return failed(&e),
+        };
+        let tls = match (&self.tls, &new.tls) {
+            (Some(ctx), Some(settings)) => match ctx.prepare(settings) {
+                Ok(loaded) => Some((ctx, settings.clone(), loaded)),
+                Err(e) => return failed(&e),
+            },
+            _ => None,
+        };
+        // Swap first: the log lines tell watchers the new set is in effect.
+        let summary = describe(&catalog);
+        self.catalog.store(catalog);
+        if let Some((ctx, settings, loaded)) = tls {
+            log::info!("reload: {}", ctx.commit(loaded));
+            self.running.tls = Some(settings);
+        }
+        log::info!("reloaded {}: {summary}", file.display());
+        let failures = self
+            .attachments
+            .apply(&new.attach, &new.snapshots, &self.catalog.load());
+        self.running.snapshots = new.snapshots;
+        self.running.attach = new.attach;
+        if failures.is_empty() {
+            ReloadOutcome::Reloaded(summary)
+        } else {
+            ReloadOutcome::AttachFailed { summary, failures }
+        }
+    }
+
+    /// A reload without a config file: only certificates given on the command line are
+    /// re-read.
+    fn reload_certificates_only(&mut self) -> ReloadOutcome {
+        let (Some(ctx), Some(settings)) = (&self.tls, &self.running.tls) else {
+            log::info!("SIGHUP: no config file to re-read; snapshots unchanged");
+            return ReloadOutcome::NoConfigFile;
+        };
+        match ctx.reload(settings) {
+            Ok(summary) => {
+                log::info!("reload: no config file; {summary}");
                 ReloadOutcome::Reloaded(summary)
             }
             Err(e) => failed(&e),
@@ -81,7 +140,7 @@ impl Reloader {
 }
 
 fn failed(e: &dyn std::fmt::Display) -> ReloadOutcome {
-    log::error!("reload failed, keeping the current snapshots: {e}");
+    log::error!("reload failed, keeping the current snapshots and certificates: {e}");
     ReloadOutcome::Failed(e.to_string())
 }
 
@@ -141,12 +200,15 @@ mod tests {
         let catalog = Arc::new(CatalogHandle::new(
             open_catalog(&running.snapshots, &engine).unwrap(),
         ));
+        let attachments = Arc::new(Attachments::new(crossbeam_channel::unbounded().0, false));
         Reloader {
             file,
             overrides: Overrides::default(),
             running,
             engine,
             catalog,
+            tls: None,
+            attachments,
         }
     }
 
@@ -189,5 +251,36 @@ mod tests {
         assert!(e.contains("is a FIFO"), "{e}");
         assert_eq!(names(&r.catalog.load()), ["a", "b"]);
         assert_eq!(r.running.snapshots.len(), 2);
+    }
+
+    #[test]
+    fn an_attach_entry_that_fails_fails_alone_and_the_snapshots_are_swapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let hello = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/hexz-0.8.2/hello-lz4.hxz");
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, snapshot("a", &hello)).unwrap();
+        let mut r = reloader(Some(cfg.clone()));
+        let attach = "[[attach]]\nsnapshot = \"b\"\ndevice = \"/dev/hexzd-test-no-such-nbd\"\n";
+        std::fs::write(
+            &cfg,
+            snapshot("a", &hello) + &snapshot("b", &hello) + attach,
+        )
+        .unwrap();
+        let ReloadOutcome::AttachFailed { summary, failures } = r.reload() else {
+            panic!("the entry cannot be attached");
+        };
+        assert!(summary.contains("a (default), b"), "{summary}");
+        assert_eq!(failures.len(), 1);
+        assert!(
+            failures[0].starts_with(
+                "cannot attach snapshot \"b\" to /dev/hexzd-test-no-such-nbd: can't open nbd device"
+            ),
+            "{failures:?}"
+        );
+        assert_eq!(r.catalog.load().entries().len(), 2);
+        assert_eq!(r.running.attach.len(), 1);
+        // The entry is still wanted and not running: the next reload tries again.
+        assert!(matches!(r.reload(), ReloadOutcome::AttachFailed { .. }));
     }
 }

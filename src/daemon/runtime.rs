@@ -14,7 +14,10 @@
 //! `on_ready` (`READY=1`), `on_reload_requested` (`RELOADING=1` + `MONOTONIC_USEC`),
 //! `on_reloaded` (`READY=1`, the outcome in `STATUS=`), `on_stopping` (`STOPPING=1`);
 //! `EXTEND_TIMEOUT_USEC` while a slow snapshot set opens; `WATCHDOG=1` from `watchdog`.
-//! `[[attach]]` entries start in `run` after the listeners and stop before the drain.
+//! `[[attach]]` entries (`attach`) start in `run` after the listeners, before `READY=1` (a
+//! failure stops the start-up), follow the config on reload (on the reload worker), and stop
+//! before the drain; one that ends by itself is reaped here on [`Event::AttachEnded`] and
+//! shown in `STATUS=`.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -25,6 +28,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::DaemonError;
 use super::accept::{self, AcceptLoop, Service};
+use super::attach::Attachments;
 use super::clients::ClientCounts;
 use super::config::{Config, Overrides, SnapshotConfig};
 use super::drain::{OpenConns, drain};
@@ -39,6 +43,7 @@ use crate::http::HttpService;
 use crate::nbd::NbdService;
 use crate::serving::{CatalogHandle, Draining, Metrics, get};
 use crate::store::Engine;
+use crate::tls::TlsContext;
 
 /// How often `STATUS=` is refreshed (when it changed) while nothing else happens.
 const STATUS_REFRESH: Duration = Duration::from_secs(5);
@@ -69,6 +74,9 @@ pub enum Event {
         /// The check it answered.
         seq: u64,
     },
+    /// An `[[attach]]` attachment ended (on request or by itself): reap the ones that ended
+    /// by themselves.
+    AttachEnded,
 }
 
 /// The running daemon: the validated config, the store engine, the catalog handle the reload
@@ -82,11 +90,15 @@ pub struct Runtime {
     metrics: Arc<Metrics>,
     http: Arc<HttpService>,
     nbd: Arc<NbdService>,
+    /// The certificates in effect, when `[tls]` is set.
+    tls: Option<Arc<TlsContext>>,
     shutdown: Arc<Shutdown>,
     draining: Arc<Draining>,
     open: Arc<OpenConns>,
     notifier: Arc<Notifier>,
     events: (Sender<Event>, Receiver<Event>),
+    /// The running `[[attach]]` entries (shared with the reload worker).
+    attachments: Arc<Attachments>,
     /// The last reload's outcome, for `STATUS=`.
     last_reload: String,
     /// Reloads requested and not yet finished (RELOADING=1 … READY=1 brackets them all).
@@ -110,7 +122,8 @@ impl Runtime {
     /// settings of `config`, exactly as validated. While a slow set opens, `notifier` asks
     /// systemd for more start-up time.
     pub fn start(config: Config, notifier: Arc<Notifier>) -> Result<Runtime, DaemonError> {
-        let engine = Engine::new(config.cache.engine()).map_err(DaemonError::Start)?;
+        let engine = Engine::with_remote(config.cache.engine(), config.remote.clone())
+            .map_err(DaemonError::Start)?;
         let started = Instant::now();
         let total = config.snapshots.len();
         let catalog = open_catalog_with(&config.snapshots, &engine, |i, s| {
@@ -122,6 +135,14 @@ impl Runtime {
             }
         })?;
         let catalog = Arc::new(CatalogHandle::new(catalog));
+        let tls = match &config.tls {
+            Some(t) => {
+                let ctx = TlsContext::load(t).map_err(DaemonError::Tls)?;
+                log::info!("{}", ctx.summary());
+                Some(Arc::new(ctx))
+            }
+            None => None,
+        };
         let metrics = Arc::new(Metrics::with_budget(
             Arc::clone(&engine.metrics),
             config.limits.buffer_memory,
@@ -135,14 +156,18 @@ impl Runtime {
             )
             .with_draining(Arc::clone(&draining)),
         );
-        let nbd = Arc::new(
-            NbdService::new(
-                config.nbd.settings.clone(),
-                Arc::clone(&catalog),
-                Arc::clone(&metrics),
-            )
-            .with_draining(Arc::clone(&draining)),
-        );
+        let mut nbd = NbdService::new(
+            config.nbd.settings.clone(),
+            Arc::clone(&catalog),
+            Arc::clone(&metrics),
+        )
+        .with_draining(Arc::clone(&draining));
+        if let Some(t) = &tls {
+            nbd = nbd.with_tls(Arc::clone(t));
+        }
+        let nbd = Arc::new(nbd);
+        let events = crossbeam_channel::unbounded();
+        let attachments = Arc::new(Attachments::new(events.0.clone(), notifier.enabled()));
         Ok(Runtime {
             config,
             engine,
@@ -150,11 +175,13 @@ impl Runtime {
             metrics,
             http,
             nbd,
+            tls,
             shutdown: Arc::new(Shutdown::new().map_err(DaemonError::Start)?),
             draining,
             open: Arc::new(OpenConns::new()),
             notifier,
-            events: crossbeam_channel::unbounded(),
+            events,
+            attachments,
             last_reload: "none".into(),
             reloads_pending: 0,
         })
@@ -165,16 +192,32 @@ impl Runtime {
         &self.config
     }
 
-    /// The running front end of `protocol`.
-    pub fn service(&self, protocol: Protocol) -> Service {
-        match protocol {
+    /// The running front end of `protocol`. HTTPS without certificates cannot be asked for:
+    /// validation refuses HTTPS listeners without `[tls]`, and passed `https` sockets are
+    /// refused here.
+    pub fn service(&self, protocol: Protocol) -> Result<Service, DaemonError> {
+        Ok(match protocol {
             Protocol::Http => Service::Http(Arc::clone(&self.http)),
             Protocol::Nbd => Service::Nbd(Arc::clone(&self.nbd)),
-        }
+            Protocol::Https => match &self.tls {
+                Some(t) => Service::Https(Arc::clone(&self.http), Arc::clone(t)),
+                None => {
+                    return Err(DaemonError::Listen(super::ListenError::Activation(
+                        "an https socket was passed, but no certificates are configured \
+                         ([tls] certificates or --tls-certificates)"
+                            .into(),
+                    )));
+                }
+            },
+        })
     }
 
-    /// One NBD session on stdin/stdout (`serve --stdio`), no listeners, no signals.
+    /// One NBD session on stdin/stdout (`serve --stdio`), no listeners, no signals, no
+    /// `[[attach]]` (a session is not the daemon that owns the devices).
     pub fn serve_stdio(&self) -> Result<(), DaemonError> {
+        if !self.config.attach.is_empty() {
+            log::warn!("--stdio: the [[attach]] entries of the config are not attached");
+        }
         self.nbd.serve_stdio().map_err(DaemonError::Stdio)
     }
 
@@ -197,6 +240,8 @@ impl Runtime {
                 running: self.config.clone(),
                 engine: Arc::clone(&self.engine),
                 catalog: Arc::clone(&self.catalog),
+                tls: self.tls.clone(),
+                attachments: Arc::clone(&self.attachments),
             },
             self.events.0.clone(),
         )
@@ -204,8 +249,20 @@ impl Runtime {
 
         eprintln!("hexzd: {}", describe(&self.catalog.load()));
         let (accepting, probes) = self.start_accepting(listeners)?;
-        // Hook: `[[attach]]` entries start here, once the catalog is open and the listeners
-        // are up, before readiness is announced.
+        // Once the listeners are up, before readiness: READY=1 means every device has its
+        // capacity. A failure detaches what was attached and stops the start-up.
+        let attached = self.attachments.start_all(
+            &self.config.attach,
+            &self.config.snapshots,
+            &self.catalog.load(),
+        );
+        if let Err(e) = attached {
+            self.shutdown.trigger();
+            for t in accepting {
+                let _ = t.join();
+            }
+            return Err(e);
+        }
         self.on_ready();
 
         let mut watchdog = watchdog.map(|interval| Watchdog::new(interval, probes));
@@ -260,6 +317,12 @@ impl Runtime {
                         w.on_alive(probe, seq, &self.notifier);
                     }
                 }
+                Some(Event::AttachEnded) => {
+                    if self.attachments.reap() {
+                        status_sent = self.status();
+                        self.notifier.send(&notify::status(&status_sent));
+                    }
+                }
             }
         }
 
@@ -269,7 +332,9 @@ impl Runtime {
         for t in accepting {
             let _ = t.join();
         }
-        // Hook: `[[attach]]` entries stop here, before the drain.
+        // Devices first: a detach waits for the kernel's requests in flight, which the
+        // attachments' own threads serve, not the connections the drain waits for.
+        self.attachments.stop_all();
         drain(
             &self.metrics,
             &self.open,
@@ -300,11 +365,11 @@ impl Runtime {
                 Probe::new(i, protocol, self.events.0.clone()).map_err(DaemonError::Start)?,
             );
             let cfg = AcceptLoop {
-                service: self.service(protocol),
+                service: self.service(protocol)?,
                 metrics: Arc::clone(&self.metrics),
                 seq: Arc::clone(&seq),
                 clients: Arc::clone(match protocol {
-                    Protocol::Http => &http_clients,
+                    Protocol::Http | Protocol::Https => &http_clients,
                     Protocol::Nbd => &nbd_clients,
                 }),
                 shutdown: Arc::clone(&self.shutdown),
@@ -320,13 +385,17 @@ impl Runtime {
 
     /// One line for `STATUS=`: what is served, the open connections, the last reload.
     fn status(&self) -> String {
-        format!(
+        let status = format!(
             "{}; connections: HTTP {}, NBD {}; last reload: {}",
             describe(&self.catalog.load()),
             get(&self.metrics.http.connections_active),
             get(&self.metrics.nbd.connections_active),
             self.last_reload
-        )
+        );
+        match self.attachments.describe() {
+            Some(a) => format!("{status}; {a}"),
+            None => status,
+        }
     }
 
     /// Every listener is accepting and every snapshot is open: `READY=1`.
@@ -352,6 +421,9 @@ impl Runtime {
         log::debug!("reload finished: {outcome:?}");
         self.last_reload = match outcome {
             ReloadOutcome::Reloaded(_) => "ok".into(),
+            ReloadOutcome::AttachFailed { failures, .. } => {
+                format!("snapshots ok, [[attach]] FAILED: {}", failures.join("; "))
+            }
             ReloadOutcome::NoConfigFile => "nothing to re-read (no config file)".into(),
             ReloadOutcome::Failed(e) => format!("FAILED, old snapshots kept: {e}"),
         };

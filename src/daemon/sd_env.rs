@@ -1,19 +1,14 @@
 //! The environment systemd hands the service (systemd.md §2, §3): `NOTIFY_SOCKET`,
 //! `WATCHDOG_USEC`, `WATCHDOG_PID`, `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES`, read once
-//! and removed from the process environment, so nothing hexzd ever spawns (hooks, later)
-//! inherits them and mistakes itself for the service.
+//! at start.
+//!
+//! Nothing hexzd spawns inherits them: the only programs it starts, the state hooks of
+//! `[[attach]]` entries and nbd-proxy mode (`proxy::hook`), are started with these variables
+//! removed from their environment (`Command::env_remove`). The process's own environment is
+//! left as it is: editing it is unsound once other threads may read it, and a child started
+//! with an explicit environment needs no such edit.
 
 use std::ffi::OsString;
-
-/// The variables [`SystemdEnv::take`] reads and removes.
-pub const VARIABLES: [&str; 6] = [
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "LISTEN_PID",
-    "LISTEN_FDS",
-    "LISTEN_FDNAMES",
-];
 
 /// What systemd (or a test harness, or a generic socket activator) put in the environment.
 /// Values are kept raw; [`notify`](super::notify), [`watchdog`](super::watchdog) and
@@ -35,30 +30,17 @@ pub struct SystemdEnv {
 }
 
 impl SystemdEnv {
-    /// Reads the variables and removes them from the environment.
-    ///
-    /// Call it once, first thing, while the process has a single thread (`hexzd serve` does
-    /// so before it reads its configuration): removing environment variables is only sound
-    /// when no other thread can be reading the environment at the same time.
-    pub fn take() -> SystemdEnv {
+    /// Reads the variables.
+    pub fn read() -> SystemdEnv {
         let text = |k: &str| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
-        let env = SystemdEnv {
+        SystemdEnv {
             notify_socket: std::env::var_os("NOTIFY_SOCKET"),
             watchdog_usec: text("WATCHDOG_USEC"),
             watchdog_pid: text("WATCHDOG_PID"),
             listen_pid: text("LISTEN_PID"),
             listen_fds: text("LISTEN_FDS"),
             listen_fdnames: text("LISTEN_FDNAMES"),
-        };
-        for k in VARIABLES {
-            if std::env::var_os(k).is_some() {
-                // SAFETY: `remove_var` races only with other threads touching the environment;
-                // this runs at the start of `serve`, before the store engine, the signal
-                // thread or any connection thread exists (see the doc comment above).
-                unsafe { std::env::remove_var(k) };
-            }
         }
-        env
     }
 }
 

@@ -12,6 +12,7 @@ use super::{HttpService, date};
 use crate::format::Stream;
 use crate::serving::get;
 use crate::serving::{Catalog, ProtoMetrics};
+use crate::store::remote::RemoteMetrics;
 
 #[derive(Serialize)]
 struct SnapshotInfo<'a> {
@@ -66,7 +67,7 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
 }
 
 fn proto(out: &mut String, proto: &str, m: &ProtoMetrics) {
-    let rows: [(&str, &str, &str, &AtomicU64); 9] = [
+    let rows: [(&str, &str, &str, &AtomicU64); 11] = [
         (
             "connections_total",
             "counter",
@@ -121,9 +122,98 @@ fn proto(out: &mut String, proto: &str, m: &ProtoMetrics) {
             "Connections closed because the client read nothing for the send timeout.",
             &m.send_timeouts,
         ),
+        (
+            "tls_handshakes_total",
+            "counter",
+            "TLS handshakes completed.",
+            &m.tls_handshakes,
+        ),
+        (
+            "tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed or timed out, and plaintext requests to a TLS port.",
+            &m.tls_handshake_failures,
+        ),
     ];
     for (name, kind, help, v) in rows {
         metric(out, &format!("hexzd_{proto}_{name}"), kind, help, get(v));
+    }
+}
+
+/// Counters of remote archives. Labels are status codes or fault kinds, never URLs.
+fn remote(out: &mut String, r: &RemoteMetrics) {
+    let rows: [(&str, &str, &str, &AtomicU64); 10] = [
+        (
+            "requests_total",
+            "counter",
+            "HTTP requests sent for remote archives (attempts and redirect hops).",
+            &r.requests,
+        ),
+        (
+            "fetched_bytes_total",
+            "counter",
+            "Bytes fetched from remote archives.",
+            &r.bytes,
+        ),
+        (
+            "retries_total",
+            "counter",
+            "Remote requests repeated after a retryable failure.",
+            &r.retries,
+        ),
+        (
+            "memory_hits_total",
+            "counter",
+            "Remote chunks answered from memory.",
+            &r.memory_hits,
+        ),
+        (
+            "disk_hits_total",
+            "counter",
+            "Remote chunks answered from the disk cache.",
+            &r.disk_hits,
+        ),
+        (
+            "disk_misses_total",
+            "counter",
+            "Remote chunks the disk cache did not hold.",
+            &r.disk_misses,
+        ),
+        (
+            "disk_corrupt_total",
+            "counter",
+            "Disk cache files found corrupt or truncated and fetched again.",
+            &r.disk_corrupt,
+        ),
+        (
+            "disk_evictions_total",
+            "counter",
+            "Disk cache files evicted to keep its size bound.",
+            &r.disk_evictions,
+        ),
+        (
+            "disk_bytes",
+            "gauge",
+            "Bytes held by the disk cache.",
+            &r.disk_bytes,
+        ),
+        (
+            "readahead_bytes_total",
+            "counter",
+            "Bytes fetched ahead of sequential readers.",
+            &r.readahead_bytes,
+        ),
+    ];
+    for (name, kind, help, v) in rows {
+        metric(out, &format!("hexzd_remote_{name}"), kind, help, get(v));
+    }
+    let name = "hexzd_remote_errors_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Failed remote requests by HTTP status or fault kind.\n# TYPE {name} counter"
+    );
+    for (reason, n) in r.errors() {
+        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
     }
 }
 
@@ -203,6 +293,7 @@ pub(super) fn metrics_text(svc: &HttpService, catalog: &Catalog) -> Vec<u8> {
             get(v),
         );
     }
+    remote(&mut out, &s.remote);
     if let Some(e) = catalog.entries().first() {
         let engine = e.snapshot.engine();
         metric(

@@ -115,6 +115,9 @@ pub(super) fn send<W: Write + WaitWritable>(
             }
         }
     }
+    // The last write may have stalled after its bytes were taken (a TLS writer queues their
+    // records): they must be on their way before the response counts as sent.
+    conn::write_all_timed(w, &mut [], s.send_timeout).map_err(SendError::Io)?;
     Ok(pos)
 }
 

@@ -13,15 +13,15 @@
 //! deadlines (header deadline from the first byte of a head, idle deadline from the end of the
 //! previous response). SO_SNDTIMEO is the stall tick of the send timeout: a client that reads
 //! nothing of a response for `send_timeout` is closed, whatever the idle timeout.
+//!
+//! TLS: the connection is a [`Transport`], plaintext or TLS after its handshake (`tls`); the
+//! TLS halves keep the same timeout semantics on a non-blocking socket. A TLS ClientHello on a
+//! plaintext connection is answered with a TLS alert and closed (`tls::sniff`).
 
 use std::io::{self, IoSlice, Read};
-use std::net::Shutdown;
-use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
-
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::body::{self, SendError};
 use super::handler::{self, Body, Response};
@@ -31,8 +31,10 @@ use super::{HttpService, date};
 use crate::format::Stream;
 use crate::serving::conn::{stall_tick, write_all_timed};
 use crate::serving::is_disconnect;
-use crate::serving::{Buffer, Catalog, Conn, ProtoMetrics, RateLog};
+use crate::serving::{Buffer, Catalog, ProtoMetrics, RateLog};
 use crate::store::{Snapshot, StoreError};
+use crate::tls::Transport;
+use crate::tls::sniff::{ALERT_HANDSHAKE_FAILURE, Hello, classify};
 
 /// First size of the receive buffer; most request heads are a few hundred bytes.
 const INITIAL_INBUF: usize = 4096;
@@ -55,6 +57,8 @@ enum Next {
     HeadTimeout,
     /// The client closed, or the idle timeout expired between requests.
     Closed,
+    /// A TLS ClientHello arrived on a plaintext connection.
+    TlsHello,
 }
 
 /// How a response went out.
@@ -69,7 +73,7 @@ struct Sent {
 pub(super) struct Connection<'a> {
     svc: &'a HttpService,
     catalog: Arc<Catalog>,
-    conn: Conn,
+    conn: Transport,
     peer: String,
     /// Received bytes; `inbuf[start..end]` is not yet consumed. Empty (no allocation) while
     /// the connection is cold.
@@ -84,11 +88,13 @@ pub(super) struct Connection<'a> {
     accepted: Option<Instant>,
     /// The last `Date` value and its second: a keep-alive client sends many requests a second.
     date: (i64, Arc<str>),
+    /// Request heads read so far.
+    served: u64,
 }
 
 impl<'a> Connection<'a> {
     /// Takes over an accepted connection.
-    pub fn new(svc: &'a HttpService, conn: Conn, peer: String) -> Connection<'a> {
+    pub fn new(svc: &'a HttpService, conn: Transport, peer: String) -> Connection<'a> {
         let s = &svc.settings;
         let tick = IDLE_GRACE
             .min(s.header_timeout)
@@ -105,6 +111,7 @@ impl<'a> Connection<'a> {
             body: Buffer::new(),
             tick,
             accepted: Some(Instant::now()),
+            served: 0,
             date: (i64::MIN, Arc::from("")),
         }
     }
@@ -117,8 +124,13 @@ impl<'a> Connection<'a> {
         Arc::clone(&self.date.1)
     }
 
-    /// Serves requests until the connection closes.
+    /// Serves requests until the connection closes; a TLS connection then sends close_notify.
     pub fn run(mut self) {
+        self.serve();
+        self.conn.close();
+    }
+
+    fn serve(&mut self) {
         if let Err(e) = self.setup() {
             log::debug!("{}: cannot set socket options: {e}", self.peer);
             return;
@@ -142,6 +154,16 @@ impl<'a> Connection<'a> {
             let started = Instant::now();
             let result = match next {
                 Next::Closed => return,
+                Next::TlsHello => {
+                    ProtoMetrics::add(&self.svc.metrics.http.protocol_errors, 1);
+                    log::debug!(
+                        "{}: TLS ClientHello on a plaintext HTTP port; closed with an alert",
+                        self.peer
+                    );
+                    let _ = self.write_small(&[&ALERT_HANDSHAKE_FAILURE]);
+                    self.linger_close();
+                    return;
+                }
                 Next::Request(req) => self.answer(&req, started),
                 Next::Bad(e) => {
                     log::debug!("{}: {e}", self.peer);
@@ -170,16 +192,10 @@ impl<'a> Connection<'a> {
     }
 
     fn setup(&mut self) -> io::Result<()> {
-        // The timeouts below need a blocking socket; an accept loop that polls a non-blocking
-        // listener must not hand over a non-blocking connection by accident.
-        match &self.conn {
-            Conn::Tcp(s) => s.set_nonblocking(false)?,
-            Conn::Unix(s) => s.set_nonblocking(false)?,
-        }
-        self.conn.set_nodelay()?;
-        self.conn.set_read_timeout(Some(self.tick))?;
+        // A plaintext socket goes back to blocking mode here: an accept loop that polls a
+        // non-blocking listener must not hand over a non-blocking connection by accident.
         self.conn
-            .set_write_timeout(Some(stall_tick(self.svc.settings.send_timeout)))
+            .setup(self.tick, stall_tick(self.svc.settings.send_timeout))
     }
 
     /// Writes small bytes (a head, an in-memory body) within the send timeout.
@@ -192,6 +208,13 @@ impl<'a> Connection<'a> {
         let m = &self.svc.metrics.http;
         if is_disconnect(e) {
             log::debug!("{}: client went away while {what}: {e}", self.peer);
+        } else if self.conn.is_tls() && e.kind() == io::ErrorKind::InvalidData {
+            // A TLS protocol error is the client's (an alert it sent, a bad record): like a
+            // malformed request, it is logged at debug level only.
+            log::debug!(
+                "{}: TLS error while {what}: {e}; connection closed",
+                self.peer
+            );
         } else if what == "sending a response" && e.kind() == io::ErrorKind::TimedOut {
             ProtoMetrics::add(&m.send_timeouts, 1);
             if let Some(n) = m.send_timeout_log.ready() {
@@ -212,13 +235,6 @@ impl<'a> Connection<'a> {
     }
 
     // ---- reading -------------------------------------------------------------------------
-
-    fn fd(&self) -> BorrowedFd<'_> {
-        match &self.conn {
-            Conn::Tcp(s) => s.as_fd(),
-            Conn::Unix(s) => s.as_fd(),
-        }
-    }
 
     /// Allocates the receive buffer if the connection was cold, and grows a full one (up to
     /// [`MAX_HEAD_BYTES`]; a full buffer of that size has already been refused by the parser).
@@ -264,9 +280,17 @@ impl<'a> Connection<'a> {
                             self.start = 0;
                             self.end = 0;
                         }
+                        self.served += 1;
                         return Ok(Next::Request(Box::new(req)));
                     }
                     Ok(None) => {}
+                    Err(_)
+                        if self.served == 0
+                            && !self.conn.is_tls()
+                            && classify(&self.inbuf[self.start..self.end]) == Hello::Tls =>
+                    {
+                        return Ok(Next::TlsHello);
+                    }
                     Err(e) => return Ok(Next::Bad(e)),
                 }
                 if now >= deadline {
@@ -320,22 +344,7 @@ impl<'a> Connection<'a> {
 
     /// Waits up to `wait` for the socket to become readable (or closed).
     fn wait_readable(&self, wait: Duration) -> io::Result<bool> {
-        let deadline = Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
-            let mut fds = [PollFd::new(self.fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, timeout) {
-                Ok(0) => {
-                    if left.is_zero() {
-                        return Ok(false);
-                    }
-                }
-                Ok(_) => return Ok(true),
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(io::Error::from(e)),
-            }
-        }
+        self.conn.wait_readable(wait)
     }
 
     // ---- answering -----------------------------------------------------------------------
@@ -604,7 +613,7 @@ impl<'a> Connection<'a> {
     /// client is still sending (bounded in bytes and time, never stored), so the kernel sends
     /// FIN rather than RST and the client gets to read the response.
     fn linger_close(&mut self) {
-        let _ = self.conn.shutdown(Shutdown::Write);
+        self.conn.shutdown_write();
         let deadline = Instant::now() + LINGER_TIME;
         let mut scratch = [0u8; 4096];
         let mut drained = 0u64;

@@ -7,8 +7,8 @@
 //! produces bodies block by block, `handler` runs the decision procedure of http.md §3 for one
 //! request, `admin` renders `/snapshots` and `/metrics`, and `connection` owns the socket:
 //! timeouts, keep-alive, pipelining, bounded body streaming. The daemon accepts connections,
-//! enforces the connection cap and calls [`HttpService::serve_connection`] or
-//! [`HttpService::reject_busy`].
+//! enforces the connection cap and calls [`HttpService::serve_connection`] (or, for an HTTPS
+//! listener, [`HttpService::serve_tls_connection`]) or [`HttpService::reject_busy`].
 
 mod admin;
 pub mod auth;
@@ -25,9 +25,11 @@ pub mod route;
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::serving::{CatalogHandle, Conn, Draining, Metrics};
+use crate::serving::{CatalogHandle, Conn, Draining, Metrics, ProtoMetrics};
+use crate::tls::sniff::{self, Hello};
+use crate::tls::{TlsContext, Transport};
 
 /// Settings of the HTTP front end, validated by the daemon and fixed for the service's life.
 #[derive(Clone, PartialEq, Eq)]
@@ -130,11 +132,60 @@ impl HttpService {
     pub fn serve_connection(&self, conn: Conn) {
         let peer = conn.peer();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            connection::Connection::new(self, conn, peer.clone()).run();
+            connection::Connection::new(self, Transport::Plain(conn), peer.clone()).run();
         }));
         if result.is_err() {
             log::error!("{peer}: HTTP connection thread panicked; connection closed");
         }
+    }
+
+    /// Serves one connection of an HTTPS listener: a plaintext request gets a plaintext 400
+    /// that says the port speaks HTTPS; otherwise the TLS handshake (with the certificates of
+    /// `tls` in effect now) must finish within the header timeout, and the connection is then
+    /// served like any other. Failed handshakes are counted and logged at debug level only.
+    pub fn serve_tls_connection(&self, conn: Conn, tls: &TlsContext) {
+        let peer = conn.peer();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let m = &self.metrics.http;
+            let deadline = Instant::now() + self.settings.header_timeout;
+            match crate::tls::peek_hello(&conn, deadline) {
+                Ok(Hello::PlainHttp) => {
+                    ProtoMetrics::add(&m.tls_handshake_failures, 1);
+                    log::debug!("{peer}: plaintext HTTP request on an HTTPS port; refused");
+                    self.refuse_plaintext(conn);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    ProtoMetrics::add(&m.tls_handshake_failures, 1);
+                    log::debug!("{peer}: {e}");
+                    return;
+                }
+            }
+            match crate::tls::accept(conn, tls.http(), deadline) {
+                Ok((r, w)) => {
+                    ProtoMetrics::add(&m.tls_handshakes, 1);
+                    connection::Connection::new(self, Transport::Tls(r, w), peer.clone()).run();
+                }
+                Err(e) => {
+                    ProtoMetrics::add(&m.tls_handshake_failures, 1);
+                    log::debug!("{peer}: {e}");
+                }
+            }
+        }));
+        if result.is_err() {
+            log::error!("{peer}: HTTPS connection thread panicked; connection closed");
+        }
+    }
+
+    /// Answers a plaintext request on an HTTPS port: one small plaintext 400, then close
+    /// (bounded like [`HttpService::reject_busy`]).
+    fn refuse_plaintext(&self, mut conn: Conn) {
+        let _ = conn.set_write_timeout(Some(Duration::from_millis(100)));
+        if let Err(e) = conn.write_all(&sniff::plaintext_refusal()) {
+            log::debug!("{}: 400 not delivered: {e}", conn.peer());
+        }
+        close_after_answer(conn);
     }
 
     /// Answers a connection refused by the cap: `503` with `Retry-After`, then close. Does not
@@ -151,21 +202,28 @@ impl HttpService {
         if let Err(e) = conn.write_all(&head) {
             log::debug!("{}: 503 not delivered: {e}", conn.peer());
         }
-        let _ = conn.shutdown(std::net::Shutdown::Write);
-        let nonblocking = match &conn {
-            Conn::Tcp(s) => s.set_nonblocking(true),
-            Conn::Unix(s) => s.set_nonblocking(true),
-        };
-        if nonblocking.is_ok() {
-            let mut scratch = [0u8; 2048];
-            for _ in 0..8 {
-                match conn.read(&mut scratch) {
-                    Ok(n) if n > 0 => {}
-                    _ => break,
-                }
-            }
-        }
         // Counted by the daemon (connections_rejected); a flood must not flood the log too.
         log::debug!("{}: refused, HTTP connection limit reached", conn.peer());
+        close_after_answer(conn);
+    }
+}
+
+/// Closes a connection after a one-segment answer without blocking: FIN first, then only the
+/// bytes already received are drained, so the close does not turn into a reset that would
+/// destroy the answer before the client reads it.
+fn close_after_answer(mut conn: Conn) {
+    let _ = conn.shutdown(std::net::Shutdown::Write);
+    let nonblocking = match &conn {
+        Conn::Tcp(s) => s.set_nonblocking(true),
+        Conn::Unix(s) => s.set_nonblocking(true),
+    };
+    if nonblocking.is_ok() {
+        let mut scratch = [0u8; 2048];
+        for _ in 0..8 {
+            match conn.read(&mut scratch) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
     }
 }

@@ -5,14 +5,27 @@
 //! Every option is answered (unknown ones with `NBD_REP_ERR_UNSUP`); the connection is dropped
 //! only for protocol violations the client cannot recover from: bad client flags, a bad option
 //! magic, option data over [`MAX_OPTION_DATA`], more than [`MAX_OPTIONS`] options, and an
-//! EXPORT_NAME for an export that does not exist (that option has no error reply).
+//! EXPORT_NAME for an export that does not exist, or before TLS when TLS is required (that
+//! option has no error reply).
+//!
+//! TLS (the NBD protocol's "TLS support", nbdkit's `--tls` modes as [`TlsMode`]):
+//! `NBD_OPT_STARTTLS` is acknowledged and the handshake ends with [`Outcome::StartTls`]; the
+//! caller runs the TLS handshake and continues the option haggling over TLS with
+//! [`resume_after_tls`], with everything negotiated before TLS forgotten (structured replies,
+//! meta contexts) as nbdkit does. With [`TlsMode::Require`], every option before TLS but
+//! STARTTLS and ABORT is answered `NBD_REP_ERR_TLS_REQD`, so LIST and INFO reveal nothing.
+//! Each reply is flushed before the next option is read (a TLS writer queues records).
 
 use std::io::{self, Read, Write};
+
+mod tls;
 
 use super::proto::*;
 use crate::format::Stream;
 use crate::serving::names::{self, Export};
 use crate::serving::{Catalog, NamedSnapshot};
+use tls::Tls;
+pub use tls::{TlsMode, Upgrade};
 
 /// Largest option data accepted; beyond it the client is disconnected without reading the data
 /// (nbd.md §2.2). Real options carry at most a 4 KiB name and a few queries.
@@ -57,6 +70,9 @@ pub enum HandshakeError {
     /// NBD_OPT_EXPORT_NAME for a name not served (the protocol allows no error reply).
     #[error("NBD_OPT_EXPORT_NAME for unknown export {0:?}")]
     UnknownExport(String),
+    /// NBD_OPT_EXPORT_NAME before TLS on a server that requires TLS (no error reply exists).
+    #[error("NBD_OPT_EXPORT_NAME without TLS, which this server requires")]
+    TlsRequired,
 }
 
 impl HandshakeError {
@@ -92,6 +108,9 @@ pub enum Outcome {
     Transmission(Box<Session>),
     /// The client sent NBD_OPT_ABORT, which was acknowledged.
     Aborted,
+    /// The client sent NBD_OPT_STARTTLS, which was acknowledged: run the TLS handshake, then
+    /// [`resume_after_tls`] over it.
+    StartTls(Upgrade),
 }
 
 /// Transmission flags for an export (nbd.md §3.3): read-only, multi-connection safe (the data
@@ -111,6 +130,7 @@ pub fn transmission_flags(structured: bool) -> u16 {
 /// Negotiation state between options.
 struct State<'c> {
     catalog: &'c Catalog,
+    tls: Tls,
     no_zeroes: bool,
     structured: bool,
     /// The export (snapshot name, stream) `base:allocation` was selected for.
@@ -119,29 +139,79 @@ struct State<'c> {
     data: Vec<u8>,
 }
 
-/// Runs the handshake: greeting, client flags, options. Returns the chosen export, or
-/// `Aborted`, or an error after which the connection must be closed.
+/// Runs the handshake without TLS: greeting, client flags, options. Returns the chosen
+/// export, or `Aborted`, or an error after which the connection must be closed.
 pub fn negotiate<R: Read, W: Write>(
     r: &mut R,
     w: &mut W,
     catalog: &Catalog,
 ) -> Result<Outcome, HandshakeError> {
+    negotiate_tls(r, w, catalog, TlsMode::Off)
+}
+
+/// Runs the handshake with STARTTLS handled per `mode`: as [`negotiate`], and
+/// [`Outcome::StartTls`] when the client asks for TLS and `mode` allows it.
+pub fn negotiate_tls<R: Read, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    catalog: &Catalog,
+    mode: TlsMode,
+) -> Result<Outcome, HandshakeError> {
     w.write_all(&greeting(SERVER_HANDSHAKE_FLAGS))?;
+    w.flush()?;
     let mut cf = [0u8; 4];
     r.read_exact(&mut cf)?;
     let client_flags = u32::from_be_bytes(cf);
     if client_flags & !KNOWN_CLIENT_FLAGS != 0 || client_flags & NBD_FLAG_C_FIXED_NEWSTYLE == 0 {
         return Err(HandshakeError::ClientFlags(client_flags));
     }
-    let mut st = State {
-        catalog,
-        no_zeroes: client_flags & NBD_FLAG_C_NO_ZEROES != 0,
-        structured: false,
-        meta: None,
-        options: 0,
-        data: Vec::new(),
-    };
+    options(
+        r,
+        w,
+        State {
+            catalog,
+            tls: Tls::Plain(mode),
+            no_zeroes: client_flags & NBD_FLAG_C_NO_ZEROES != 0,
+            structured: false,
+            meta: None,
+            options: 0,
+            data: Vec::new(),
+        },
+    )
+}
+
+/// Continues the option haggling over TLS after [`Outcome::StartTls`] (`r` and `w` are the
+/// TLS halves), afresh: nothing negotiated before TLS holds (nbdkit does the same).
+pub fn resume_after_tls<R: Read, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    catalog: &Catalog,
+    upgrade: Upgrade,
+) -> Result<Outcome, HandshakeError> {
+    options(
+        r,
+        w,
+        State {
+            catalog,
+            tls: Tls::Active,
+            no_zeroes: upgrade.no_zeroes,
+            structured: false,
+            meta: None,
+            options: upgrade.options,
+            data: Vec::new(),
+        },
+    )
+}
+
+/// The option loop, until an option ends the handshake. Every reply is flushed before the
+/// next option is read.
+fn options<R: Read, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    mut st: State<'_>,
+) -> Result<Outcome, HandshakeError> {
     loop {
+        w.flush()?;
         let mut hb = [0u8; OPTION_HEADER_LEN];
         r.read_exact(&mut hb)?;
         let h = OptionHeader::decode(&hb)?;
@@ -160,6 +230,7 @@ pub fn negotiate<R: Read, W: Write>(
         r.read_exact(&mut st.data)?;
         log::trace!("nbd: {} with {} bytes", OptName(h.option), h.length);
         if let Some(outcome) = st.option(h.option, w)? {
+            w.flush()?;
             return Ok(outcome);
         }
     }
@@ -172,6 +243,9 @@ impl State<'_> {
         option: u32,
         w: &mut W,
     ) -> Result<Option<Outcome>, HandshakeError> {
+        if self.refused_before_tls(option, w)? {
+            return Ok(None);
+        }
         match option {
             NBD_OPT_EXPORT_NAME => self.export_name(w).map(Some),
             NBD_OPT_ABORT => {
@@ -188,14 +262,7 @@ impl State<'_> {
                 }
                 Ok(None)
             }
-            NBD_OPT_STARTTLS => {
-                w.write_all(&option_error(
-                    option,
-                    NBD_REP_ERR_POLICY,
-                    "TLS is not supported by this server",
-                ))?;
-                Ok(None)
-            }
+            NBD_OPT_STARTTLS => self.starttls(w),
             NBD_OPT_INFO | NBD_OPT_GO => self.info_or_go(option, w),
             NBD_OPT_STRUCTURED_REPLY => {
                 if self.data.is_empty() {

@@ -9,6 +9,11 @@
 //!
 //! The daemon owns listeners, the connection cap and the connection counters; it calls
 //! [`NbdService::serve_connection`] on a thread per accepted connection.
+//!
+//! TLS: with `[nbd] tls = "on"` or `"require"` and certificates ([`NbdService::with_tls`]),
+//! `NBD_OPT_STARTTLS` upgrades the connection (`tls::accept`, within the handshake timeout),
+//! the option haggling resumes over TLS and transmission runs over the TLS halves exactly as
+//! over a socket (`tls::stream` says why the halves share one locked rustls connection).
 
 pub mod client;
 mod execute;
@@ -23,9 +28,11 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::serving::conn::stall_tick;
-use crate::serving::{CatalogHandle, Conn, Draining, Metrics, ProtoMetrics, RateLog};
-use handshake::{HandshakeError, Outcome, Session};
+use crate::serving::conn::{ReadTimeout, stall_tick};
+use crate::serving::{Catalog, CatalogHandle, Conn, Draining, Metrics, ProtoMetrics, RateLog};
+use crate::tls::TlsContext;
+pub use handshake::TlsMode;
+use handshake::{HandshakeError, Outcome, Session, Upgrade};
 use transmission::{End, TransmissionError};
 
 /// Settings of the NBD front end, validated by the daemon's config loader.
@@ -41,6 +48,8 @@ pub struct NbdSettings {
     /// Close a connection whose client reads nothing of a reply for this long, whatever
     /// `idle_timeout` says (`[limits] send_timeout`).
     pub send_timeout: Duration,
+    /// When NBD_OPT_STARTTLS is accepted (`[nbd] tls`); needs certificates.
+    pub tls: TlsMode,
 }
 
 impl Default for NbdSettings {
@@ -50,6 +59,7 @@ impl Default for NbdSettings {
             handshake_timeout: Duration::from_secs(30),
             idle_timeout: None,
             send_timeout: crate::serving::budget::DEFAULT_SEND_TIMEOUT,
+            tls: TlsMode::Off,
         }
     }
 }
@@ -63,16 +73,18 @@ pub struct NbdService {
     metrics: Arc<Metrics>,
     /// Set by the daemon at a graceful stop: connections read no new request.
     draining: Arc<Draining>,
+    /// The certificates for STARTTLS (`None`: TLS off whatever `settings.tls` says).
+    tls: Option<Arc<TlsContext>>,
 }
 
-/// Reads from a connection with one deadline for the whole handshake, so a client dripping a
-/// byte at a time cannot hold a connection slot beyond it.
-struct DeadlineReader {
-    conn: Conn,
+/// Reads from a connection (plaintext, or TLS after STARTTLS) with one deadline for the whole
+/// handshake, so a client dripping a byte at a time cannot hold a connection slot beyond it.
+struct DeadlineReader<R> {
+    conn: R,
     deadline: Instant,
 }
 
-impl Read for DeadlineReader {
+impl<R: ReadTimeout> Read for DeadlineReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -106,7 +118,15 @@ impl NbdService {
             catalog,
             metrics,
             draining: Arc::new(Draining::new()),
+            tls: None,
         }
+    }
+
+    /// Accepts NBD_OPT_STARTTLS as `settings.tls` says, with the certificates of `tls`.
+    #[must_use]
+    pub fn with_tls(mut self, tls: Arc<TlsContext>) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Uses `draining` as the graceful-stop flag (the daemon's; by default a flag of its own
@@ -148,7 +168,18 @@ impl NbdService {
         };
         let _ = conn.set_write_timeout(Some(self.settings.handshake_timeout));
         let catalog = self.catalog.load();
-        let outcome = handshake::negotiate(&mut reader, &mut conn, &catalog);
+        let mode = match self.tls {
+            Some(_) => self.settings.tls,
+            None => TlsMode::Off,
+        };
+        let outcome = handshake::negotiate_tls(&mut reader, &mut conn, &catalog, mode);
+        if let Ok(Outcome::StartTls(upgrade)) = outcome {
+            // From here the TLS halves own the socket.
+            let deadline = reader.deadline;
+            drop(reader);
+            self.serve_tls(conn, peer, &catalog, upgrade, deadline);
+            return;
+        }
         let Some(session) = self.handshake_done(outcome, peer) else {
             return;
         };
@@ -161,6 +192,50 @@ impl NbdService {
         }
         let result = transmission::serve(reader, conn, &session, self.shared(), peer);
         self.transmission_done(result, peer, &session);
+    }
+
+    /// The rest of a connection after NBD_OPT_STARTTLS was acknowledged: the TLS handshake and
+    /// the rest of the option haggling by `deadline`, then transmission over TLS, then
+    /// close_notify.
+    fn serve_tls(
+        &self,
+        conn: Conn,
+        peer: &str,
+        catalog: &Catalog,
+        upgrade: Upgrade,
+        deadline: Instant,
+    ) {
+        let Some(tls) = &self.tls else {
+            return;
+        };
+        let m = &self.metrics.nbd;
+        let (reader, mut writer) = match crate::tls::accept(conn, tls.nbd(), deadline) {
+            Ok(halves) => {
+                ProtoMetrics::add(&m.tls_handshakes, 1);
+                halves
+            }
+            Err(e) => {
+                // Counted; at debug level only, so failing clients cannot flood the log.
+                ProtoMetrics::add(&m.tls_handshake_failures, 1);
+                log::debug!("nbd {peer}: {e}");
+                return;
+            }
+        };
+        let closer = writer.handle();
+        let mut reader = DeadlineReader {
+            conn: reader,
+            deadline,
+        };
+        let _ = writer.set_write_timeout(Some(self.settings.handshake_timeout));
+        let outcome = handshake::resume_after_tls(&mut reader, &mut writer, catalog, upgrade);
+        if let Some(session) = self.handshake_done(outcome, peer) {
+            let mut reader = reader.conn;
+            let _ = reader.set_read_timeout(self.settings.idle_timeout);
+            let _ = writer.set_write_timeout(Some(stall_tick(self.settings.send_timeout)));
+            let result = transmission::serve(reader, writer, &session, self.shared(), peer);
+            self.transmission_done(result, peer, &session);
+        }
+        closer.close_notify();
     }
 
     /// One NBD session on stdin/stdout (`hexzd serve --stdio`), without timeouts. Protocol
@@ -229,6 +304,19 @@ impl NbdService {
             }
             Ok(Outcome::Aborted) => {
                 log::debug!("nbd {peer}: client aborted the handshake");
+                None
+            }
+            Ok(Outcome::StartTls(_)) => {
+                // Handled by the caller before this point; reaching here is a second STARTTLS
+                // outcome, which the handshake never produces.
+                log::warn!("nbd {peer}: unexpected STARTTLS outcome; closing");
+                None
+            }
+            Err(HandshakeError::TlsRequired) => {
+                log::info!(
+                    "nbd {peer}: the client chose an export without TLS, which this server \
+                     requires; closing"
+                );
                 None
             }
             Err(e) if e.is_disconnect() => {

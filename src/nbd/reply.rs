@@ -46,6 +46,12 @@ impl Sink for crate::serving::Conn {
     }
 }
 
+impl Sink for crate::tls::TlsWriter {
+    fn abort(&self) {
+        self.shutdown(std::net::Shutdown::Both);
+    }
+}
+
 impl Sink for std::fs::File {
     fn abort(&self) {}
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 
 use super::Reporter;
 use super::hook::StateHook;
@@ -154,6 +154,9 @@ pub struct Attachment {
     device: PathBuf,
     tx: Sender<Event>,
     thread: Option<JoinHandle<End>>,
+    /// Never receives: disconnects once the session has ended (its sender lives on the
+    /// session's thread), so a watcher can block on it.
+    ended: Receiver<()>,
 }
 
 impl Attachment {
@@ -179,9 +182,12 @@ impl Attachment {
             wording: Wording::Attach,
         };
         let stx = tx.clone();
+        let (ended_tx, ended) = crossbeam_channel::bounded::<()>(0);
         let thread = std::thread::Builder::new()
             .name("nbd-attach".into())
             .spawn(move || {
+                // Dropped when the session has ended and the device is cleared.
+                let _ended = ended_tx;
                 let mut notice = |n| {
                     if n == Notice::Ready {
                         let _ = ready_tx.try_send(());
@@ -202,6 +208,7 @@ impl Attachment {
             device: device.to_path_buf(),
             tx,
             thread: Some(thread),
+            ended,
         };
         match ready_rx.recv_timeout(READY_TIMEOUT) {
             Ok(()) => Ok(a),
@@ -226,9 +233,17 @@ impl Attachment {
         &self.device
     }
 
-    /// True once the session has ended (detached from outside, or an error).
+    /// True once the session has ended (detached from outside, or an error) and the device
+    /// is cleared; [`Attachment::join`] then returns at once.
     pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+        self.thread.is_none()
+            || self.ended.try_recv() == Err(crossbeam_channel::TryRecvError::Disconnected)
+    }
+
+    /// A receiver that never receives and disconnects when the session ends (whatever ends
+    /// it): a watcher thread blocks on `recv()` to learn of an end it did not ask for.
+    pub fn ended(&self) -> Receiver<()> {
+        self.ended.clone()
     }
 
     /// A handle that requests the end from another thread.

@@ -182,7 +182,9 @@ fn read_password_file(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 fn open_snapshot(path: &Path, password: Option<Vec<u8>>) -> Result<Snapshot, String> {
-    let engine = Engine::new(EngineConfig::default())
+    // A URL archive (http://, https://, s3://) reads the AWS variables as `cat` does.
+    let remote = crate::store::RemoteConfig::from_env().map_err(|e| e.to_string())?;
+    let engine = Engine::with_remote(EngineConfig::default(), remote)
         .map_err(|e| format!("cannot start the decompression workers: {e}"))?;
     Snapshot::open_with(
         path,

@@ -62,6 +62,19 @@ pub trait WaitWritable {
     fn wait_writable(&self, timeout: Duration) -> io::Result<bool>;
 }
 
+/// A reader whose reads can be bounded in time, like SO_RCVTIMEO: a read that gets nothing
+/// within the timeout fails with `WouldBlock` or `TimedOut`. Plaintext sockets and TLS readers.
+pub trait ReadTimeout: Read {
+    /// Sets the timeout (`None`: reads wait forever).
+    fn set_read_timeout(&mut self, t: Option<Duration>) -> io::Result<()>;
+}
+
+impl ReadTimeout for Conn {
+    fn set_read_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
+        Conn::set_read_timeout(self, t)
+    }
+}
+
 /// Blocking files (stdio) always take bytes eventually; they have no send timeout.
 impl WaitWritable for std::fs::File {
     fn wait_writable(&self, _timeout: Duration) -> io::Result<bool> {
@@ -101,6 +114,9 @@ pub enum Wrote {
 
 /// Writes `bufs` whole, or stops after the first write call that waited a whole `tick` (the
 /// socket's SO_SNDTIMEO) for room: one that timed out, or took the tick to write only part.
+/// Ends with a flush: a TLS writer takes bytes before their records are all on the wire, and
+/// a flush that times out is a stall too (with every byte of `bufs` written). Plaintext
+/// sockets flush at no cost.
 pub fn write_or_stall(
     w: &mut impl Write,
     mut bufs: &mut [IoSlice<'_>],
@@ -124,7 +140,14 @@ pub fn write_or_stall(
             Err(e) => return Err(e),
         }
     }
-    Ok(Wrote::All)
+    loop {
+        match w.flush() {
+            Ok(()) => return Ok(Wrote::All),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) => return Ok(Wrote::Stalled { written }),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Writes `bufs` whole, waiting through stalls; fails with `TimedOut` after `send_timeout`

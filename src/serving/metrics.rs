@@ -29,6 +29,11 @@ pub struct ProtoMetrics {
     pub connections_rejected_per_client: AtomicU64,
     /// Connections closed because the client read nothing for the send timeout.
     pub send_timeouts: AtomicU64,
+    /// TLS handshakes completed (HTTPS, NBD after STARTTLS).
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes that failed or timed out (logged at debug level only), and plaintext
+    /// requests refused on an HTTPS port.
+    pub tls_handshake_failures: AtomicU64,
     /// Rate-limits the per-client refusal log line.
     pub per_client_log: RateLog,
     /// Rate-limits the send-timeout log line.

@@ -1,8 +1,6 @@
 //! One opened `.hxz` file: header, master index, validated page directory, lazily loaded index
 //! pages, the decryption key and the parent archives (hexz-format.md §12 "open").
 
-use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +8,8 @@ use std::time::SystemTime;
 
 use super::chain::HashIndex;
 use super::engine::{Engine, PageKey};
+use super::remote::Location;
+use super::source::{ChainId, Source, SourceError};
 use super::{StoreError, Stream};
 use crate::format::crypto::BlockCipher;
 use crate::format::index::decode_page;
@@ -23,11 +23,6 @@ pub const MAX_PAGE_BYTES: u32 = 64 * 1024 * 1024;
 const MAX_DICTIONARY_BYTES: u32 = 64 * 1024 * 1024;
 /// Approximate memory of one parsed block entry (entry, its start offset, its checked bit).
 const PAGE_ENTRY_MEMORY: usize = std::mem::size_of::<BlockInfo>() + 9;
-
-/// Identity of an opened archive in the engine's registry: the file (device, inode, size,
-/// mtime seconds and nanoseconds, kept apart so no date can overflow) and a fingerprint of the
-/// password it was opened with.
-pub(crate) type ArchiveKey = (u64, u64, u64, i64, i64, [u8; 32]);
 
 /// A parsed index page with the stream offset of every block.
 #[derive(Debug)]
@@ -78,8 +73,11 @@ impl Page {
 #[derive(Debug)]
 pub struct Archive {
     pub(crate) id: u64,
+    /// The path, or the URL without credentials.
     path: PathBuf,
-    file: File,
+    /// Where it was opened from (parents resolve against it).
+    location: Location,
+    pub(crate) source: Source,
     file_len: u64,
     modified: SystemTime,
     header: Header,
@@ -100,8 +98,8 @@ pub(crate) struct OpenContext<'a> {
     pub password: Option<&'a [u8]>,
     /// Parent depth of this archive (0 for the snapshot itself).
     pub depth: usize,
-    /// Files already on the chain, to refuse cycles.
-    pub chain: &'a [(u64, u64)],
+    /// Archives already on the chain, to refuse cycles.
+    pub chain: &'a [ChainId],
     /// Open the header and index only: no key derivation, no parents (for `inspect`).
     pub index_only: bool,
 }
@@ -112,40 +110,52 @@ pub const MAX_CHAIN_DEPTH: usize = 32;
 impl Archive {
     /// Opens and validates an archive (and, recursively, its parents).
     pub(crate) fn open(path: &Path, cx: OpenContext<'_>) -> Result<Arc<Archive>, StoreError> {
-        // Never blocks (a FIFO is an error, not a wait); regular files and block devices only.
-        let super::file::Opened {
-            file,
-            meta,
-            len: file_len,
-        } = super::file::open_archive(path)?;
+        // Never blocks (a FIFO is an error, not a wait); regular files, block devices and
+        // remote objects only.
+        Archive::from_source(super::source::open(path, cx.engine)?, cx)
+    }
+
+    /// Opens a local file, never as a URL (a parent path of a local archive).
+    pub(crate) fn open_file(path: &Path, cx: OpenContext<'_>) -> Result<Arc<Archive>, StoreError> {
+        Archive::from_source(super::source::open_local(path)?, cx)
+    }
+
+    /// Opens a remote archive (a parent, whose URL may carry the child's credentials).
+    pub(crate) fn open_url(
+        url: &super::remote::RemoteUrl,
+        cx: OpenContext<'_>,
+    ) -> Result<Arc<Archive>, StoreError> {
+        Archive::from_source(super::source::open_remote(url, cx.engine)?, cx)
+    }
+
+    fn from_source(
+        opened: super::source::Opened,
+        cx: OpenContext<'_>,
+    ) -> Result<Arc<Archive>, StoreError> {
+        let file_len = opened.len;
+        let path = opened.shown.as_path();
         let fingerprint = match cx.password {
             Some(p) => *blake3::hash(p).as_bytes(),
             None => [0; 32],
         };
-        let key: ArchiveKey = (
-            meta.dev(),
-            meta.ino(),
-            file_len,
-            meta.mtime(),
-            meta.mtime_nsec(),
-            fingerprint,
-        );
+        let key = opened.key(fingerprint);
         if !cx.index_only {
             if let Some(a) = cx.engine.registered(&key) {
                 return Ok(a);
             }
         }
-        if cx.chain.contains(&(meta.dev(), meta.ino())) {
+        if cx.chain.contains(&opened.chain_id) {
             return Err(StoreError::corrupt(
                 path,
                 "parent chain loops back to this archive",
             ));
         }
-        let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        let modified = opened.modified;
+        let source = &opened.source;
 
         let head_len = usize::try_from(file_len.min(HEADER_SIZE as u64)).unwrap_or(HEADER_SIZE);
         let mut head = vec![0u8; head_len];
-        read_exact_at(&file, path, &mut head, 0, "read header")?;
+        read_exact_at(source, path, &mut head, 0, "read header")?;
         let header = Header::decode(&head).map_err(|source| StoreError::Format {
             path: path.to_path_buf(),
             source,
@@ -164,7 +174,7 @@ impl Archive {
         let tail_read = tail.min(MAX_MASTER_INDEX_BYTES);
         let mut tail_buf = vec![0u8; usize::try_from(tail_read).unwrap_or(0)];
         read_exact_at(
-            &file,
+            source,
             path,
             &mut tail_buf,
             header.index_offset,
@@ -191,11 +201,8 @@ impl Archive {
         }
 
         let mut identity = blake3::Hasher::new();
-        identity.update(&key.0.to_le_bytes());
-        identity.update(&key.1.to_le_bytes());
+        identity.update(&opened.identity);
         identity.update(&file_len.to_le_bytes());
-        identity.update(&key.3.to_le_bytes());
-        identity.update(&key.4.to_le_bytes());
         identity.update(&head);
         identity.update(&tail_buf[..tail_buf.len().min(1 << 20)]);
         let identity = *identity.finalize().as_bytes();
@@ -211,7 +218,7 @@ impl Archive {
                     ));
                 }
                 let mut d = vec![0u8; len as usize];
-                read_exact_at(&file, path, &mut d, off, "read Zstd dictionary")?;
+                read_exact_at(source, path, &mut d, off, "read Zstd dictionary")?;
                 Some(crate::format::codec::Dictionary::new(&d))
             }
             (None, None) => None,
@@ -240,12 +247,13 @@ impl Archive {
         };
 
         let mut chain = cx.chain.to_vec();
-        chain.push((meta.dev(), meta.ino()));
+        chain.push(opened.chain_id);
         let parents = if cx.index_only {
             Vec::new()
         } else {
             super::chain::open_parents(
                 path,
+                &opened.location,
                 &header,
                 &OpenContext {
                     chain: &chain,
@@ -257,7 +265,8 @@ impl Archive {
         let archive = Arc::new(Archive {
             id: cx.engine.next_archive_id(),
             path: path.to_path_buf(),
-            file,
+            location: opened.location,
+            source: opened.source,
             file_len,
             modified,
             header,
@@ -330,9 +339,20 @@ impl Archive {
         }
     }
 
-    /// The file this archive was opened from.
+    /// The file this archive was opened from, or its URL without credentials.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where this archive was opened from (a path, or a URL with its credentials: never
+    /// show it; show [`path`](Self::path)).
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// True when the archive is a remote object.
+    pub fn is_remote(&self) -> bool {
+        self.source.remote().is_some()
     }
 
     /// Size of the archive file in bytes.
@@ -400,13 +420,14 @@ impl Archive {
             ));
         }
         let mut buf = vec![0u8; len as usize];
-        read_exact_at(&self.file, &self.path, &mut buf, off, "read metadata")?;
+        read_exact_at(&self.source, &self.path, &mut buf, off, "read metadata")?;
         Ok(Some(buf))
     }
 
     /// Reads stored block bytes at `offset` into `buf` (bounds already checked by the caller).
-    pub(crate) fn read_stored(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+    #[inline]
+    pub(crate) fn read_stored(&self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
+        self.source.read_exact_at(buf, offset)
     }
 
     /// Loads (or finds in the page cache) page `idx` of `stream`.
@@ -424,7 +445,7 @@ impl Archive {
         let entry = entries[idx];
         let mut bytes = vec![0u8; entry.length as usize];
         read_exact_at(
-            &self.file,
+            &self.source,
             &self.path,
             &mut bytes,
             entry.offset,
@@ -495,14 +516,20 @@ fn pages_of(index: &MasterIndex, stream: Stream) -> &[PageEntry] {
 }
 
 fn read_exact_at(
-    file: &File,
+    source: &Source,
     path: &Path,
     buf: &mut [u8],
     offset: u64,
     op: &'static str,
 ) -> Result<(), StoreError> {
-    file.read_exact_at(buf, offset)
-        .map_err(|e| StoreError::io(path, op, e))
+    source.read_exact_at(buf, offset).map_err(|e| match e {
+        SourceError::Io(e) => StoreError::io(path, op, e),
+        SourceError::Remote(source) => StoreError::Remote {
+            path: path.to_path_buf(),
+            op,
+            source: Box::new(source),
+        },
+    })
 }
 
 /// Checks a page directory against the file before any page is read (hexz-format.md §12).

@@ -4,6 +4,7 @@
 use super::BlockFault;
 use super::archive::Archive;
 use super::pool::Scratch;
+use super::source::SourceError;
 use crate::format::codec::{Part, check_crc};
 use crate::format::{BlockInfo, MAX_BLOCK_LEN, MAX_STORED_LEN};
 
@@ -92,6 +93,16 @@ pub(crate) fn decode_loaded(
     )?)
 }
 
+#[inline]
+fn read(archive: &Archive, info: &BlockInfo, stored: &mut [u8]) -> Result<(), BlockFault> {
+    archive
+        .read_stored(info.offset, stored)
+        .map_err(|e| match e {
+            SourceError::Io(e) => BlockFault::Io(std::sync::Arc::new(e)),
+            SourceError::Remote(e) => BlockFault::Remote(Box::new(e)),
+        })
+}
+
 /// Checks the entry's bounds, reads its stored bytes into `scratch.stored`, checks the CRC
 /// and decrypts in place. Returns the length of the plaintext at the start of the buffer.
 fn load(
@@ -128,10 +139,17 @@ fn load(
         scratch.stored.resize(len, 0);
     }
     let stored = &mut scratch.stored[..len];
-    archive
-        .read_stored(info.offset, stored)
-        .map_err(|e| BlockFault::Io(std::sync::Arc::new(e)))?;
-    check_crc(stored, info.checksum)?;
+    read(archive, info, stored)?;
+    if let Err(e) = check_crc(stored, info.checksum) {
+        // Bytes of a remote archive may have come from a cache file or a transfer that went
+        // wrong: forget them and fetch the block once more before calling it corrupt.
+        let Some(object) = archive.source.remote() else {
+            return Err(e.into());
+        };
+        object.invalidate(info.offset, u64::from(info.length));
+        read(archive, info, stored)?;
+        check_crc(stored, info.checksum)?;
+    }
     Ok(match &archive.cipher {
         Some(cipher) => cipher.decrypt_in_place(index, stored)?,
         None => stored.len(),

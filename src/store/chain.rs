@@ -12,6 +12,7 @@ use std::sync::{Arc, PoisonError};
 
 use super::archive::{Archive, MAX_CHAIN_DEPTH, OpenContext};
 use super::engine::Engine;
+use super::remote::{Location, RemoteUrl};
 use super::{StoreError, Stream};
 use crate::format::{BlockInfo, BlockKind, Header};
 
@@ -78,9 +79,58 @@ pub(crate) fn candidates(child: &Path, parent: &str) -> Vec<PathBuf> {
     v
 }
 
-/// Opens every parent named by `header`.
+/// Where the parent `name` of an archive at `child` is looked for, and whether it may be
+/// opened: a remote child's parents resolve against its URL and must stay on its origin (or
+/// one `[remote] allow_origins` lists): a parent path is untrusted input, and a hostile
+/// archive could name an internal address. A local child tries paths (beside it first, then
+/// as written); a URL it names needs an allowed origin too.
+pub(crate) enum ParentAt {
+    /// Local paths, in the order to try them.
+    Paths(Vec<PathBuf>),
+    /// One remote location.
+    Url(RemoteUrl),
+    /// Refused, with the reason.
+    Refused { shown: String, reason: String },
+}
+
+pub(crate) fn parent_at(child: &Location, name: &str, allow: &[String]) -> ParentAt {
+    let refused = |url: &RemoteUrl, own: Option<String>| ParentAt::Refused {
+        shown: url.display(),
+        reason: format!(
+            "it points to {}, {}; only origins listed in [remote] allow_origins may be named",
+            url.origin(),
+            match own {
+                Some(o) => format!("not the child's origin {o}"),
+                None => "and the child is a local file".into(),
+            }
+        ),
+    };
+    let allowed = |url: &RemoteUrl| allow.iter().any(|o| *o == url.origin());
+    match child {
+        Location::Local(p) if Location::is_url(Path::new(name)) => match RemoteUrl::parse(name) {
+            Ok(url) if allowed(&url) => ParentAt::Url(url),
+            Ok(url) => refused(&url, None),
+            Err(e) => ParentAt::Refused {
+                shown: name.to_string(),
+                reason: e.to_string(),
+            },
+        },
+        Location::Local(p) => ParentAt::Paths(candidates(p, name)),
+        Location::Remote(c) => match c.join(name) {
+            Ok(url) if url.origin() == c.origin() || allowed(&url) => ParentAt::Url(url),
+            Ok(url) => refused(&url, Some(c.origin())),
+            Err(e) => ParentAt::Refused {
+                shown: name.to_string(),
+                reason: e.to_string(),
+            },
+        },
+    }
+}
+
+/// Opens every parent named by `header` (`child` is the archive's path or URL as shown).
 pub(crate) fn open_parents(
     child: &Path,
+    location: &Location,
     header: &Header,
     cx: &OpenContext<'_>,
 ) -> Result<Vec<Arc<Archive>>, StoreError> {
@@ -94,8 +144,29 @@ pub(crate) fn open_parents(
         ));
     }
     let mut parents = Vec::with_capacity(header.parent_paths.len());
+    let next = OpenContext {
+        depth: cx.depth + 1,
+        ..*cx
+    };
     for name in &header.parent_paths {
-        let tried = candidates(child, name);
+        let parent_error = |tried: String, reason: String| StoreError::Parent {
+            path: child.to_path_buf(),
+            parent: name.clone(),
+            tried,
+            reason,
+        };
+        let tried = match parent_at(location, name, &cx.engine.remote.config.allow_origins) {
+            ParentAt::Paths(p) => p,
+            ParentAt::Refused { shown, reason } => return Err(parent_error(shown, reason)),
+            ParentAt::Url(url) => {
+                let a = Archive::open_url(&url, next)
+                    .map_err(|e| parent_error(url.display(), e.to_string()))?;
+                if !parents.iter().any(|p| Arc::ptr_eq(p, &a)) {
+                    parents.push(a);
+                }
+                continue;
+            }
+        };
         let mut last_err = None;
         let mut found = None;
         for cand in &tried {
@@ -104,13 +175,7 @@ pub(crate) fn open_parents(
             if matches!(cand.try_exists(), Ok(false)) {
                 continue;
             }
-            match Archive::open(
-                cand,
-                OpenContext {
-                    depth: cx.depth + 1,
-                    ..*cx
-                },
-            ) {
+            match Archive::open_file(cand, next) {
                 Ok(a) => {
                     found = Some(a);
                     break;
@@ -137,6 +202,83 @@ pub(crate) fn open_parents(
         }
     }
     Ok(parents)
+}
+
+/// A parent of an archive as `inspect` describes it: where it was found (if anywhere), an
+/// identity to notice it again (a loop or a repeat), and how to open its index.
+#[derive(Debug)]
+pub struct ParentRef {
+    /// The path or URL (without credentials) it resolved to, if it did.
+    pub resolved: Option<String>,
+    /// A canonical form: the same parent reached twice has the same identity.
+    pub identity: Option<String>,
+    target: Result<ParentTarget, String>,
+}
+
+#[derive(Debug)]
+enum ParentTarget {
+    File(PathBuf),
+    Url(RemoteUrl),
+}
+
+impl ParentRef {
+    /// Finds the parent `name` of `child` under the same rules as opening (the first local
+    /// candidate that may exist; a URL on an allowed origin), without opening it.
+    pub(crate) fn find(child: &Archive, engine: &Engine, name: &str) -> ParentRef {
+        match parent_at(child.location(), name, &engine.remote.config.allow_origins) {
+            ParentAt::Paths(p) => {
+                // A symbolic link loop is not "not found": opening it reports the loop.
+                match p.into_iter().find(|c| !matches!(c.try_exists(), Ok(false))) {
+                    None => ParentRef {
+                        resolved: None,
+                        identity: None,
+                        target: Err("not found".into()),
+                    },
+                    Some(c) => ParentRef {
+                        resolved: Some(c.display().to_string()),
+                        identity: Some(
+                            std::fs::canonicalize(&c)
+                                .unwrap_or_else(|_| c.clone())
+                                .display()
+                                .to_string(),
+                        ),
+                        target: Ok(ParentTarget::File(c)),
+                    },
+                }
+            }
+            ParentAt::Url(u) => ParentRef {
+                resolved: Some(u.display()),
+                identity: Some(u.display()),
+                target: Ok(ParentTarget::Url(u)),
+            },
+            ParentAt::Refused { shown, reason } => ParentRef {
+                resolved: Some(shown),
+                identity: None,
+                target: Err(format!("refused: {reason}")),
+            },
+        }
+    }
+
+    /// Opens the parent's header and index only (no key, no parents of its own).
+    pub fn open_index(&self, engine: &Arc<Engine>) -> Result<super::Snapshot, String> {
+        let cx = OpenContext {
+            engine,
+            password: None,
+            depth: 0,
+            chain: &[],
+            index_only: true,
+        };
+        let archive = match &self.target {
+            Err(e) => return Err(e.clone()),
+            Ok(ParentTarget::File(p)) => Archive::open_file(p, cx),
+            Ok(ParentTarget::Url(u)) => Archive::open_url(u, cx),
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(super::Snapshot {
+            archive,
+            engine: Arc::clone(engine),
+        })
+    }
 }
 
 impl Archive {

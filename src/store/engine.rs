@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::StoreError;
-use super::archive::{Archive, ArchiveKey, Page};
+use super::archive::{Archive, Page};
 use super::cache::ShardedCache;
 use super::pool::Pool;
+use super::remote::{Remote, RemoteConfig, RemoteMetrics};
+use super::source::ArchiveKey;
 
 /// Cache key of a decoded block: the archive id and everything that decides what decoding the
 /// entry yields (stored offset, stored length, logical length, CRC and, for encrypted
@@ -118,6 +120,8 @@ pub struct StoreMetrics {
     pub stored_bytes_read: AtomicU64,
     /// Blocks that failed to decode (CRC, codec, tag, I/O).
     pub block_errors: AtomicU64,
+    /// Remote archives: requests, bytes fetched, retries, errors, chunk cache hits.
+    pub remote: Arc<RemoteMetrics>,
 }
 
 impl StoreMetrics {
@@ -139,26 +143,38 @@ pub struct Engine {
     /// Open archives by file identity and password, so each file is opened and indexed once.
     archives: Mutex<HashMap<ArchiveKey, Weak<Archive>>>,
     config: EngineConfig,
+    /// Remote archives' agents, chunk caches and read-ahead.
+    pub(crate) remote: Arc<Remote>,
 }
 
 impl Engine {
-    /// Starts the worker pool and allocates the (empty) caches.
+    /// Starts the worker pool and allocates the (empty) caches. Remote archives use the
+    /// default [`RemoteConfig`] (no disk cache, unsigned S3 requests).
     pub fn new(config: EngineConfig) -> std::io::Result<Arc<Engine>> {
+        Engine::with_remote(config, RemoteConfig::default())
+    }
+
+    /// [`Engine::new`] with the settings of remote archives (and their disk cache, whose
+    /// directory is created and locked here).
+    pub fn with_remote(config: EngineConfig, remote: RemoteConfig) -> std::io::Result<Arc<Engine>> {
         let workers = if config.workers == 0 {
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
         } else {
             config.workers
         };
+        let metrics = Arc::new(StoreMetrics::default());
+        let remote = Arc::new(Remote::new(remote, workers, Arc::clone(&metrics))?);
         Ok(Arc::new(Engine {
             blocks: Arc::new(ShardedCache::new(config.cache_bytes)),
             // Two shards: a parsed page can be large (64 bytes per entry, and the format does
             // not cap entries per page), and a page larger than its shard is never cached.
             pages: ShardedCache::with_shards(config.page_cache_bytes, 2),
             pool: Pool::new(workers)?,
-            metrics: Arc::new(StoreMetrics::default()),
+            metrics,
             next_id: AtomicU64::new(1),
             archives: Mutex::new(HashMap::new()),
             config: EngineConfig { workers, ..config },
+            remote,
         }))
     }
 
@@ -181,6 +197,23 @@ impl Engine {
     /// Bytes currently held by the block cache.
     pub fn cache_used(&self) -> usize {
         self.blocks.used()
+    }
+
+    /// The settings of remote archives.
+    pub fn remote_config(&self) -> &RemoteConfig {
+        &self.remote.config
+    }
+
+    /// Bytes of fetched remote chunks held in memory.
+    pub fn remote_memory_used(&self) -> usize {
+        self.remote.chunks.used()
+    }
+
+    /// Waits until the disk cache has written every chunk fetched so far.
+    pub fn sync_disk_cache(&self) {
+        if let Some(d) = &self.remote.disk {
+            d.sync();
+        }
     }
 
     pub(crate) fn next_archive_id(&self) -> u64 {

@@ -11,7 +11,9 @@ mod engine;
 pub mod file;
 pub mod pool;
 mod read;
+pub mod remote;
 mod snapshot;
+mod source;
 mod verify;
 
 use std::io;
@@ -21,7 +23,9 @@ use std::sync::Arc;
 pub use crate::format::Stream;
 use crate::format::{CodecError, FormatError, crypto::CryptoError};
 pub use archive::{Archive, Page};
+pub use chain::ParentRef;
 pub use engine::{Engine, EngineConfig, StoreMetrics};
+pub use remote::{CHUNK as CHUNK_BYTES, Location, LocationError, RemoteConfig, RemoteError};
 pub use snapshot::{Extent, ExtentKind, OpenOptions, Snapshot};
 pub use verify::{BadBlock, VerifyReport};
 
@@ -55,6 +59,9 @@ pub enum BlockFault {
     /// The file could not be read.
     #[error("read failed: {0}")]
     Io(Arc<io::Error>),
+    /// The remote object could not be read (the message names the URL and the status).
+    #[error(transparent)]
+    Remote(Box<RemoteError>),
     /// A parent reference whose hash no archive of the chain holds.
     #[error("parent block {0} is not in any parent archive")]
     ParentMissing(String),
@@ -87,6 +94,18 @@ pub enum StoreError {
     /// symbolic link loop, ...), or it cannot be opened.
     #[error(transparent)]
     File(#[from] file::FileError),
+    /// A URL that cannot be used (bad syntax, unsupported scheme).
+    #[error(transparent)]
+    Location(#[from] LocationError),
+    /// A remote archive could not be opened or read (outside a block: the probe, the
+    /// header, the index). `path` is the URL without credentials; the message names it.
+    #[error("cannot {op}: {source}")]
+    Remote {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: Box<RemoteError>,
+    },
     /// The header or master index does not decode.
     #[error("{path}: {source}", path = path.display())]
     Format {
@@ -164,7 +183,9 @@ impl StoreError {
     /// or configuration. Front ends count these as corrupt blocks in their metrics.
     pub fn is_corruption(&self) -> bool {
         match self {
-            StoreError::Block { fault, .. } => !matches!(fault, BlockFault::Io(_)),
+            StoreError::Block { fault, .. } => {
+                !matches!(fault, BlockFault::Io(_) | BlockFault::Remote(_))
+            }
             StoreError::Corrupt { .. } | StoreError::Format { .. } => true,
             _ => false,
         }

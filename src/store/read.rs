@@ -118,6 +118,9 @@ impl Snapshot {
                 return self.fill_single(stream, buf, &m);
             }
         }
+        // Remote archives: fetch the stored bytes of all these blocks first, adjacent ones in
+        // one GET, and hold them until the read ends (nothing for local files).
+        let _pinned = self.pin_remote(stream, &misses)?;
         if buf.len() <= SMALL_READ {
             // A small read that straddles blocks: decoding the few parts it needs here costs
             // less than waking a worker, which would also decode its block whole.
@@ -174,6 +177,52 @@ impl Snapshot {
             done += 1;
         }
         Ok(())
+    }
+
+    /// Fetches the stored bytes of the `misses` that live in remote archives, one archive at
+    /// a time, and returns the chunks so the caller can hold them (see
+    /// [`Source::pin`](super::source::Source::pin)). Entries whose bounds are bad are left
+    /// for the block load to report. A failed fetch fails the read, named after the first
+    /// block of that archive.
+    fn pin_remote(
+        &self,
+        stream: Stream,
+        misses: &[Copy],
+    ) -> Result<Vec<super::remote::Chunk>, StoreError> {
+        let mut pins = Vec::new();
+        if !misses.iter().any(|m| m.target.archive.is_remote()) {
+            return Ok(pins);
+        }
+        let mut seen: Vec<u64> = Vec::new();
+        for m in misses {
+            let a = &m.target.archive;
+            if !a.is_remote() || seen.contains(&a.id) {
+                continue;
+            }
+            seen.push(a.id);
+            let ranges: Vec<(u64, u64)> = misses
+                .iter()
+                .filter(|x| x.target.archive.id == a.id)
+                .map(|x| (x.target.info.offset, u64::from(x.target.info.length)))
+                .filter(|&(off, len)| {
+                    len <= u64::from(crate::format::MAX_STORED_LEN)
+                        && off.checked_add(len).is_some_and(|e| e <= a.file_len())
+                })
+                .collect();
+            match a.source.pin(&ranges) {
+                Ok(chunks) => pins.extend(chunks),
+                Err(e) => {
+                    return Err(self.block_error(
+                        a,
+                        stream,
+                        m.target.index,
+                        m.target.offset,
+                        BlockFault::Remote(Box::new(e)),
+                    ));
+                }
+            }
+        }
+        Ok(pins)
     }
 
     /// Queues one job of `batch` on the pool.

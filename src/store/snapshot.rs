@@ -199,6 +199,12 @@ impl Snapshot {
         self.archive.identity()
     }
 
+    /// Finds the parent `name` (one of this archive's parent paths) without opening it, as
+    /// opening would: for `inspect`.
+    pub fn parent_ref(&self, name: &str) -> super::ParentRef {
+        super::ParentRef::find(&self.archive, &self.engine, name)
+    }
+
     /// Store counters.
     pub fn metrics(&self) -> &Arc<StoreMetrics> {
         &self.engine.metrics

@@ -4,7 +4,8 @@
 # connections (-C 2, CAN_MULTI_CONN), and with -N NAME/disk over a Unix socket through the
 # ioctl path (-L, what nbd-proxy uses); each time the filesystem is mounted read-only, every
 # file's checksum is checked, then umount and nbd-client -d. Then the snapshot's memory
-# stream is attached and read raw.
+# stream is attached and read raw. Then the same mount over TLS (-enable-tls, issue 13)
+# against a server that requires TLS and a client certificate, and a plaintext client refused.
 #
 # POSIX sh: runs under busybox ash inside nbdvm (tests/kernel_nbd.sh) and, as root, on any
 # machine with the nbd module, nbd-client, mount and sha256sum:
@@ -12,8 +13,9 @@
 #   tests/guest/kernel_nbd.sh DIR
 #
 # DIR holds `hexzd` (the binary), `disk.hxz` (the packed ext4 image, with a memory stream),
-# `sums` (sha256sum output for the files, relative to the filesystem root) and `memory.sum`
-# (the memory stream's size and sha256, one line).
+# `sums` (sha256sum output for the files, relative to the filesystem root), `memory.sum`
+# (the memory stream's size and sha256, one line) and `tls/` (ca-cert.pem, server-cert.pem,
+# server-key.pem, client-cert.pem, client-key.pem; the TLS part is skipped without it).
 # Environment: NBD_DEV (default /dev/nbd0).
 
 DIR=${1:-/host}
@@ -125,6 +127,48 @@ fi
 
 kill "$server_pid" 2>/dev/null
 wait "$server_pid" 2>/dev/null
+
+# NBD over TLS (issue 13): nbd-client 3.24 negotiates NBD_OPT_STARTTLS with -enable-tls and
+# relays the kernel's socket through its own TLS session. The server requires TLS and a
+# client certificate of the test CA (made on the host by tests/kernel_nbd.sh in DIR/tls).
+if [ ! -f "$DIR/tls/server-cert.pem" ]; then
+    echo "SKIP: NBD over TLS: no certificates in $DIR/tls"
+elif ! nbd-client -h 2>&1 | grep -q -- '-enable-tls'; then
+    echo "SKIP: NBD over TLS: this nbd-client has no TLS support (-enable-tls)"
+else
+    cp -r "$DIR/tls" "$WORK/tls"
+    chmod 600 "$WORK/tls/server-key.pem" "$WORK/tls/client-key.pem"
+    "$DIR/hexzd" serve --http off --nbd 127.0.0.1:0 --nbd-tls require --tls-verify-peer \
+        --tls-certificates "$WORK/tls" "$WORK/disk.hxz=$NAME" 2> "$WORK/tls.log" &
+    tls_pid=$!
+    i=0
+    while ! grep -q 'NBD listening on' "$WORK/tls.log" && [ $i -lt 600 ]; do
+        kill -0 "$tls_pid" 2>/dev/null || break
+        sleep 0.1
+        i=$((i + 1))
+    done
+    TLS_PORT=$(sed -n 's/.*NBD listening on 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$WORK/tls.log")
+    if [ -z "$TLS_PORT" ]; then
+        fail "TLS server did not become ready"
+        cat "$WORK/tls.log"
+    else
+        pass "TLS server ready on 127.0.0.1:$TLS_PORT (tls require, verify-peer)"
+        check_mount "TLS: -enable-tls, client certificate, -N $NAME" 127.0.0.1 "$TLS_PORT" "$DEV" \
+            -N "$NAME" -enable-tls -tlshostname localhost -cacertfile "$WORK/tls/ca-cert.pem" \
+            -certfile "$WORK/tls/client-cert.pem" -keyfile "$WORK/tls/client-key.pem"
+        # Without TLS the required server refuses the export: nbd-client fails, nothing attaches.
+        if nbd-client 127.0.0.1 "$TLS_PORT" "$DEV" -N "$NAME" > "$WORK/plain.log" 2>&1; then
+            fail "TLS required: a plaintext nbd-client attached"
+            nbd-client -d "$DEV" > /dev/null 2>&1
+        else
+            pass "TLS required: a plaintext nbd-client is refused ($(tail -n 1 "$WORK/plain.log"))"
+        fi
+    fi
+    kill "$tls_pid" 2>/dev/null
+    wait "$tls_pid" 2>/dev/null
+    cat "$WORK/tls.log" >> "$WORK/server.log"
+fi
+
 if grep -E '^(WARN|ERROR)|^<[0-4]>' "$WORK/server.log"; then
     fail "the server logged warnings or errors (above)"
 else

@@ -200,6 +200,9 @@ attach() {
     desc=$1
     sums=$2
     shift 2
+    # The background job truncates attach.out only once it runs: remove the last run's
+    # readiness line first, or the wait below can see it and go on before the attach.
+    rm -f "$WORK/attach.out"
     "$H" attach "$@" "$DEV" > "$WORK/attach.out" 2> "$WORK/attach.log" &
     attach_pid=$!
     if wait_for 120 has_line "$WORK/attach.out" "attached"; then
@@ -266,6 +269,7 @@ expect_exit "non-block device" 1 \
     "hexzd: specified nbd path /dev/null isn't a block device: Success" $P chardev
 
 # A device in use: refused before any hook or ioctl; the session using it is unharmed.
+rm -f "$WORK/attach.out"
 "$H" attach "$WORK/base.hxz" "$DEV" > "$WORK/attach.out" 2> "$WORK/attach.log" &
 attach_pid=$!
 if wait_for 120 has_line "$WORK/attach.out" "attached"; then

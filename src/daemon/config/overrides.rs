@@ -31,6 +31,14 @@ pub struct Overrides {
     pub archives: Vec<String>,
     /// `--password-file`: the password of every archive argument.
     pub password_file: Option<PathBuf>,
+    /// `--https` (`Some(vec![])` = no HTTPS listener).
+    pub https_listen: Option<Vec<String>>,
+    /// `--tls-certificates`.
+    pub tls_certificates: Option<PathBuf>,
+    /// `--tls-verify-peer`.
+    pub tls_verify_peer: bool,
+    /// `--nbd-tls`.
+    pub nbd_tls: Option<crate::nbd::TlsMode>,
 }
 
 /// One archive given on the command line.

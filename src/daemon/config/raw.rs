@@ -14,8 +14,11 @@ pub(super) struct RawConfig {
     pub http: Option<RawHttp>,
     pub nbd: Option<RawNbd>,
     pub cache: Option<RawCache>,
+    pub s3: Option<RawS3>,
+    pub remote: Option<RawRemote>,
     pub limits: Option<RawLimits>,
     pub daemon: Option<RawDaemon>,
+    pub tls: Option<RawTls>,
     #[serde(default)]
     pub snapshot: Vec<RawSnapshot>,
     #[serde(default)]
@@ -27,6 +30,7 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHttp {
     pub listen: Option<Vec<String>>,
+    pub listen_tls: Option<Vec<String>>,
     pub max_connections: Option<usize>,
     pub header_timeout: Option<Value>,
     pub idle_timeout: Option<Value>,
@@ -43,6 +47,15 @@ pub(super) struct RawNbd {
     pub max_connections: Option<usize>,
     pub handshake_timeout: Option<Value>,
     pub idle_timeout: Option<Value>,
+    pub tls: Option<String>,
+}
+
+/// `[tls]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub certificates: Option<PathBuf>,
+    pub verify_peer: Option<bool>,
 }
 
 /// `[cache]`.
@@ -51,6 +64,34 @@ pub(super) struct RawNbd {
 pub(super) struct RawCache {
     pub memory: Option<Value>,
     pub workers: Option<usize>,
+    /// Directory of the disk cache of remote archives' bytes.
+    pub disk: Option<PathBuf>,
+    pub disk_size: Option<Value>,
+}
+
+/// `[s3]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawS3 {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: Option<bool>,
+    pub credentials_file: Option<PathBuf>,
+    pub profile: Option<String>,
+}
+
+/// `[remote]`: fetching remote archives.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRemote {
+    pub allow_origins: Option<Vec<String>>,
+    pub proxy: Option<String>,
+    pub connect_timeout: Option<Value>,
+    pub read_timeout: Option<Value>,
+    pub timeout: Option<Value>,
+    pub retries: Option<u32>,
+    pub readahead: Option<Value>,
+    pub memory: Option<Value>,
 }
 
 /// `[limits]`.
@@ -79,13 +120,14 @@ pub(super) struct RawSnapshot {
     pub password_file: Option<PathBuf>,
 }
 
-/// One `[[attach]]` (design.md §4): parsed so the file is accepted by syntax, refused by
-/// `validate` until the daemon can attach devices.
+/// One `[[attach]]` (design.md §4): a snapshot attached to a kernel NBD device.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAttach {
     pub snapshot: String,
     pub device: PathBuf,
+    pub stream: Option<String>,
+    pub timeout: Option<Value>,
 }
 
 /// A number, or a string with a unit ("10s", "256MiB").

@@ -256,6 +256,49 @@ fn archive_arguments_come_after_the_files_snapshots() {
 }
 
 #[test]
+fn remote_sections_are_validated_and_name_the_key() {
+    let c = parse(
+        "[cache]\ndisk = \"cache\"\ndisk_size = \"1GiB\"\n[remote]\nallow_origins = [\"HTTPS://Mirror.Example:443/\", \"s3://other\"]\nretries = 1\nread_timeout = \"2s\"\n[s3]\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"eu-west-1\"\n[[snapshot]]\nname = \"r\"\npath = \"https://h/x.hxz\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.remote.disk,
+        Some((Path::new("/nonexistent/cache").to_path_buf(), 1 << 30))
+    );
+    assert_eq!(
+        c.remote.allow_origins,
+        ["https://mirror.example", "s3://other"]
+    );
+    assert_eq!(c.remote.retries, 1);
+    assert_eq!(c.remote.read_timeout, Duration::from_secs(2));
+    assert_eq!(c.remote.s3.region, "eu-west-1");
+    assert!(c.remote.s3.path_style);
+    // A URL is not resolved against the config file's directory.
+    assert_eq!(c.snapshots[0].path, Path::new("https://h/x.hxz"));
+    for (text, key) in [
+        (
+            "[remote]\nallow_origins = [\"https://h/path\"]\n",
+            "remote.allow_origins[0]",
+        ),
+        ("[remote]\nretries = 99\n", "remote.retries"),
+        ("[cache]\ndisk_size = \"1GiB\"\n", "cache.disk_size"),
+        (
+            "[cache]\ndisk = \"/tmp\"\ndisk_size = 10\n",
+            "cache.disk_size",
+        ),
+        ("[s3]\nendpoint = \"ftp://x\"\n", "s3"),
+        ("[s3]\nbucket = \"x\"\n", "bucket"),
+        (
+            "[[snapshot]]\nname = \"r\"\npath = \"gopher://h/x\"\n",
+            "snapshot[0].path",
+        ),
+    ] {
+        let e = parse(text).unwrap_err().to_string();
+        assert!(e.contains(key), "{text}: {e}");
+    }
+}
+
+#[test]
 fn limits_have_defaults_units_and_reach_the_front_ends() {
     let d = parse("").unwrap();
     assert_eq!(d.limits.buffer_memory, 256 << 20);
@@ -296,4 +339,63 @@ fn limits_have_defaults_units_and_reach_the_front_ends() {
         let e = parse(text).unwrap_err().to_string();
         assert!(e.contains(needle), "{text:?}: {e}");
     }
+}
+
+#[test]
+fn tls_users_need_certificates_and_name_the_key_or_flag() {
+    let e = parse("[http]\nlisten_tls = [\"127.0.0.1:0\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(
+            "/nonexistent/hexzd.toml: http.listen_tls: HTTPS listeners need certificates"
+        ),
+        "{e}"
+    );
+    let e = parse("[nbd]\ntls = \"require\"\n").unwrap_err().to_string();
+    assert!(
+        e.contains("nbd.tls: NBD over TLS needs certificates"),
+        "{e}"
+    );
+    let e = parse("[nbd]\ntls = \"maybe\"\n").unwrap_err().to_string();
+    assert!(
+        e.contains("nbd.tls: \"maybe\" is not a TLS mode (off, on or require)"),
+        "{e}"
+    );
+    let e = parse("[tls]\nverify_peer = true\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tls.verify_peer: checking client certificates needs"),
+        "{e}"
+    );
+    let ov = Overrides {
+        https_listen: Some(vec!["127.0.0.1:0".into()]),
+        ..Overrides::default()
+    };
+    let e = Config::load(None, &ov).unwrap_err().to_string();
+    assert!(
+        e.starts_with("--https: HTTPS listeners need certificates"),
+        "{e}"
+    );
+    // Off and unused: fine, and the defaults.
+    let c = parse("[nbd]\ntls = \"off\"\n").unwrap();
+    assert_eq!(c.nbd.settings.tls, crate::nbd::TlsMode::Off);
+    assert!(c.http.listen_tls.is_empty() && c.tls.is_none());
+}
+
+#[test]
+fn the_certificate_directory_is_relative_to_the_file_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("hexzd.toml");
+    std::fs::write(&cfg, "[tls]\ncertificates = \"tls\"\n").unwrap();
+    let e = Config::load(Some(&cfg), &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    let want = format!(
+        "{}: tls.certificates: {}: cannot open the certificate directory",
+        cfg.display(),
+        dir.path().join("tls").display()
+    );
+    assert!(e.starts_with(&want), "{e}");
 }

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use super::raw::{RawConfig, Value, parse_duration, parse_size};
 use super::{
-    ArchiveArg, Config, ConfigError, MAX_TIMEOUT, MAX_WORKERS, Overrides, Secret, SnapshotConfig,
+    ArchiveArg, AttachConfig, Config, ConfigError, MAX_TIMEOUT, MAX_WORKERS, Overrides, Secret,
+    SnapshotConfig,
 };
+use crate::format::Stream;
 use crate::serving::valid_name;
 use crate::store::file::{read_password, read_small};
 
@@ -19,7 +21,7 @@ const MAX_TOKEN_FILE: u64 = 64 * 1024;
 const MIN_BUFFER_MEMORY: u64 = 1 << 20;
 
 /// Where a value came from, for its error.
-enum Place {
+pub(super) enum Place {
     /// A key of the config file.
     Key(String),
     /// A command-line flag.
@@ -27,12 +29,12 @@ enum Place {
 }
 
 /// The file being validated: names keys in errors and anchors relative paths.
-struct Source<'a> {
-    file: Option<&'a Path>,
+pub(super) struct Source<'a> {
+    pub(super) file: Option<&'a Path>,
 }
 
 impl Source<'_> {
-    fn key(&self, key: &str) -> Place {
+    pub(super) fn key(&self, key: &str) -> Place {
         let file = self
             .file
             .map_or_else(String::new, |f| f.display().to_string());
@@ -40,7 +42,7 @@ impl Source<'_> {
     }
 
     /// A path from the file: relative to the file's directory.
-    fn resolve(&self, p: &Path) -> PathBuf {
+    pub(super) fn resolve(&self, p: &Path) -> PathBuf {
         let base = self
             .file
             .and_then(Path::parent)
@@ -54,7 +56,7 @@ impl Source<'_> {
 }
 
 impl Place {
-    fn invalid(&self, problem: impl Into<String>) -> ConfigError {
+    pub(super) fn invalid(&self, problem: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             place: match self {
                 Place::Key(k) => k.clone(),
@@ -64,7 +66,7 @@ impl Place {
         }
     }
 
-    fn duration(&self, v: &Value) -> Result<Duration, ConfigError> {
+    pub(super) fn duration(&self, v: &Value) -> Result<Duration, ConfigError> {
         let d = match v {
             Value::Int(n) => Duration::from_secs(*n),
             Value::Str(s) => parse_duration(s).map_err(|p| self.invalid(p))?,
@@ -81,7 +83,7 @@ impl Place {
         Ok(d)
     }
 
-    fn positive_duration(&self, v: &Value) -> Result<Duration, ConfigError> {
+    pub(super) fn positive_duration(&self, v: &Value) -> Result<Duration, ConfigError> {
         let d = self.duration(v)?;
         if d.is_zero() {
             return Err(self.invalid("must be greater than 0"));
@@ -89,7 +91,7 @@ impl Place {
         Ok(d)
     }
 
-    fn size(&self, v: &Value) -> Result<u64, ConfigError> {
+    pub(super) fn size(&self, v: &Value) -> Result<u64, ConfigError> {
         match v {
             Value::Int(n) => Ok(*n),
             Value::Str(s) => parse_size(s).map_err(|p| self.invalid(p)),
@@ -140,6 +142,11 @@ pub(super) fn validate(
     };
 
     let h = raw.http.unwrap_or_default();
+    let n = raw.nbd.unwrap_or_default();
+    let t = super::tls::tls(&src, raw.tls.as_ref(), &h, &n, ov)?;
+    c.http.listen_tls = t.listen_tls;
+    c.nbd.settings.tls = t.nbd_tls;
+    c.tls = t.tls;
     if let Some(l) = ov.http_listen.clone().or(h.listen) {
         c.http.listen = l;
     }
@@ -164,7 +171,6 @@ pub(super) fn validate(
         s.auth_token = Some(src.key("http.auth_token_file").token(&src.resolve(p))?);
     }
 
-    let n = raw.nbd.unwrap_or_default();
     if let Some(l) = ov.nbd_listen.clone().or(n.listen) {
         c.nbd.listen = l;
     }
@@ -236,17 +242,12 @@ pub(super) fn validate(
         c.daemon.shutdown_timeout = src.key("daemon.shutdown_timeout").duration(v)?;
     }
 
+    c.remote = super::remote::remote(&src, &cache, raw.s3.as_ref(), raw.remote.as_ref())?;
     c.snapshots = snapshots(&src, &raw.snapshot)?;
     c.snapshots.extend(archive_arguments(ov)?);
 
-    if let Some(a) = raw.attach.first() {
-        // Hook: the daemon's `[[attach]]` entries become validated attach configs here.
-        return Err(src.key("attach").invalid(format!(
-            "attaching {:?} to {} needs the kernel (nbd-proxy) support, which this build does not have yet",
-            a.snapshot,
-            a.device.display()
-        )));
-    }
+    // After the command line's archives: an entry may name one of them.
+    c.attach = attachments(&src, &raw.attach, &c.snapshots)?;
     Ok(c)
 }
 
@@ -272,8 +273,17 @@ fn snapshots(
         if default && out.iter().any(|o| o.default) {
             return Err(key("default").invalid("only one snapshot can be the default"));
         }
-        let path = src.resolve(&s.path);
-        crate::store::file::open_archive(&path).map_err(|e| key("path").invalid(e.to_string()))?;
+        // A URL is checked for syntax here and fetched when the snapshot opens.
+        let path = if crate::store::Location::is_url(&s.path) {
+            crate::store::Location::parse(&s.path)
+                .map_err(|e| key("path").invalid(e.to_string()))?;
+            s.path.clone()
+        } else {
+            let path = src.resolve(&s.path);
+            crate::store::file::open_archive(&path)
+                .map_err(|e| key("path").invalid(e.to_string()))?;
+            path
+        };
         let password = match &s.password_file {
             Some(p) => Some(key("password_file").password(&src.resolve(p))?),
             None => None,
@@ -310,4 +320,83 @@ fn archive_arguments(ov: &Overrides) -> Result<Vec<SnapshotConfig>, ConfigError>
             })
         })
         .collect()
+}
+
+/// The `[[attach]]` entries: each names a snapshot of `snapshots`, a device node that is an
+/// absolute path under `/dev` used by no other entry, a stream and a whole number of seconds
+/// of kernel timeout. Nothing is opened here: the device is the daemon's to check when it
+/// attaches (a `--check-config` run must not disturb a running attachment).
+fn attachments(
+    src: &Source<'_>,
+    raw: &[super::raw::RawAttach],
+    snapshots: &[SnapshotConfig],
+) -> Result<Vec<AttachConfig>, ConfigError> {
+    let mut out: Vec<AttachConfig> = Vec::with_capacity(raw.len());
+    for (i, a) in raw.iter().enumerate() {
+        let key = |k: &str| src.key(&format!("attach[{i}].{k}"));
+        if !snapshots.iter().any(|s| s.name == a.snapshot) {
+            let names: Vec<&str> = snapshots.iter().map(|s| s.name.as_str()).collect();
+            let known = if names.is_empty() {
+                "there are no snapshots".to_string()
+            } else {
+                format!("the snapshots are: {}", names.join(", "))
+            };
+            return Err(
+                key("snapshot").invalid(format!("no snapshot is named {:?} ({known})", a.snapshot))
+            );
+        }
+        device_path(&a.device).map_err(|p| key("device").invalid(p))?;
+        if let Some(j) = out.iter().position(|o| o.device == a.device) {
+            return Err(key("device").invalid(format!(
+                "{} is already used by attach[{j}]; one device serves one entry",
+                a.device.display()
+            )));
+        }
+        let stream = match a.stream.as_deref() {
+            None | Some("main") => Stream::Main,
+            Some("aux") => Stream::Aux,
+            Some(other) => {
+                return Err(key("stream").invalid(format!(
+                    "{other:?} is not a stream: use \"main\" or \"aux\""
+                )));
+            }
+        };
+        let timeout = match &a.timeout {
+            None => 0,
+            Some(v) => {
+                let place = key("timeout");
+                let d = place.duration(v)?;
+                if d.subsec_nanos() != 0 {
+                    return Err(place.invalid("the kernel counts whole seconds"));
+                }
+                // A year (MAX_TIMEOUT) fits: the kernel takes an unsigned long of seconds.
+                u32::try_from(d.as_secs()).map_err(|_| place.invalid("too long"))?
+            }
+        };
+        out.push(AttachConfig {
+            snapshot: a.snapshot.clone(),
+            device: a.device.clone(),
+            stream,
+            timeout,
+        });
+    }
+    Ok(out)
+}
+
+/// Checks that `p` names a device node: an absolute path under `/dev` without `.` or `..`.
+fn device_path(p: &Path) -> Result<(), String> {
+    use std::path::Component;
+    let mut parts = p.components();
+    let under_dev = parts.next() == Some(Component::RootDir)
+        && parts.next() == Some(Component::Normal("dev".as_ref()))
+        && parts.clone().next().is_some()
+        && parts.all(|c| matches!(c, Component::Normal(_)));
+    if under_dev {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} is not a device: give an absolute path under /dev, such as \"/dev/nbd0\"",
+            p.display().to_string()
+        ))
+    }
 }

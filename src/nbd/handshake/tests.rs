@@ -222,6 +222,130 @@ fn starttls_is_err_policy() {
     assert_eq!(types(&replies), vec![NBD_REP_ERR_POLICY]);
 }
 
+/// As [`run`], with STARTTLS handled per `mode`.
+fn run_tls(script: Script, mode: TlsMode) -> Run {
+    let cat = catalog();
+    let mut out = Vec::new();
+    let result = negotiate_tls(&mut Cursor::new(script.0), &mut out, &cat, mode);
+    let mut replies = Vec::new();
+    let mut pos = GREETING_LEN;
+    while out.len() >= pos + OPTION_REPLY_HEADER_LEN {
+        let h = OptionReplyHeader::decode(out[pos..pos + 20].try_into().expect("20 bytes"))
+            .expect("reply header");
+        pos += OPTION_REPLY_HEADER_LEN;
+        let end = pos + h.length as usize;
+        replies.push((h, out[pos..end].to_vec()));
+        pos = end;
+    }
+    (result, replies, out[pos..].to_vec())
+}
+
+#[test]
+fn starttls_with_tls_on_is_acked_and_ends_the_plaintext_handshake() {
+    let (r, replies, rest) = run_tls(
+        Script::new(FLAGS)
+            .opt(NBD_OPT_STRUCTURED_REPLY, &[])
+            .opt(NBD_OPT_STARTTLS, &[])
+            .opt(NBD_OPT_LIST, &[]),
+        TlsMode::On,
+    );
+    assert_eq!(types(&replies), vec![NBD_REP_ACK, NBD_REP_ACK]);
+    assert_eq!(replies[1].0.option, NBD_OPT_STARTTLS);
+    assert!(
+        rest.is_empty(),
+        "nothing after the ACK: the TLS handshake follows"
+    );
+    let Ok(Outcome::StartTls(up)) = r else {
+        panic!("expected StartTls, got {r:?}");
+    };
+    assert!(up.no_zeroes);
+    assert_eq!(up.options, 2);
+}
+
+#[test]
+fn starttls_with_data_is_err_invalid() {
+    let (r, replies, _) = run_tls(Script::new(FLAGS).opt(NBD_OPT_STARTTLS, b"x"), TlsMode::On);
+    assert_eq!(types(&replies), vec![NBD_REP_ERR_INVALID]);
+    assert!(r.is_err(), "the script ends: EOF");
+}
+
+#[test]
+fn tls_on_still_serves_plaintext_clients() {
+    let (r, replies, _) = run_tls(
+        Script::new(FLAGS).opt(NBD_OPT_GO, &encode_info_request("hello", &[])),
+        TlsMode::On,
+    );
+    assert!(matches!(r, Ok(Outcome::Transmission(_))));
+    assert_eq!(types(&replies), vec![NBD_REP_INFO, NBD_REP_ACK]);
+}
+
+#[test]
+fn tls_require_refuses_every_option_but_starttls_and_abort_with_tls_reqd() {
+    let mut info = 0u32.to_be_bytes().to_vec();
+    info.extend_from_slice(&0u16.to_be_bytes());
+    let (r, replies, _) = run_tls(
+        Script::new(FLAGS)
+            .opt(NBD_OPT_LIST, &[])
+            .opt(NBD_OPT_INFO, &info)
+            .opt(NBD_OPT_GO, &info)
+            .opt(NBD_OPT_STRUCTURED_REPLY, &[])
+            .opt(NBD_OPT_LIST_META_CONTEXT, &[])
+            .opt(0x7654321, &[1, 2, 3, 4])
+            .opt(NBD_OPT_ABORT, &[]),
+        TlsMode::Require,
+    );
+    assert!(matches!(r, Ok(Outcome::Aborted)));
+    assert_eq!(
+        types(&replies),
+        vec![
+            NBD_REP_ERR_TLS_REQD,
+            NBD_REP_ERR_TLS_REQD,
+            NBD_REP_ERR_TLS_REQD,
+            NBD_REP_ERR_TLS_REQD,
+            NBD_REP_ERR_TLS_REQD,
+            NBD_REP_ERR_TLS_REQD,
+            NBD_REP_ACK
+        ],
+        "LIST and INFO reveal nothing before TLS"
+    );
+}
+
+#[test]
+fn tls_require_ends_the_session_on_export_name_in_plaintext() {
+    let (r, replies, _) = run_tls(
+        Script::new(FLAGS).opt(NBD_OPT_EXPORT_NAME, b"hello"),
+        TlsMode::Require,
+    );
+    assert!(matches!(r, Err(HandshakeError::TlsRequired)));
+    assert!(replies.is_empty());
+}
+
+#[test]
+fn after_tls_options_start_afresh_and_a_second_starttls_is_err_invalid() {
+    let cat = catalog();
+    let upgrade = Upgrade {
+        no_zeroes: true,
+        options: 3,
+    };
+    let script = Script(Vec::new())
+        .opt(NBD_OPT_STARTTLS, &[])
+        .opt(NBD_OPT_GO, &encode_info_request("hello", &[]));
+    let mut out = Vec::new();
+    let r = resume_after_tls(&mut Cursor::new(script.0), &mut out, &cat, upgrade);
+    let Ok(Outcome::Transmission(s)) = r else {
+        panic!("expected a session, got {r:?}");
+    };
+    assert!(
+        !s.structured,
+        "the state starts afresh: no structured replies"
+    );
+    let h = OptionReplyHeader::decode(out[..20].try_into().expect("20 bytes")).expect("header");
+    assert_eq!(
+        (h.option, h.reply_type),
+        (NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID)
+    );
+}
+
 #[test]
 fn option_data_over_the_cap_disconnects_without_reading_it() {
     let mut s = Script::new(FLAGS);

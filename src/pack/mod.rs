@@ -8,22 +8,23 @@
 //! The archive is written to a temporary file beside the output and moved into place only when
 //! complete, so a failure (a full disk, say) never leaves a partial archive behind.
 
-use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufWriter, IsTerminal, Read, Write};
+use std::io::{self, BufWriter, IsTerminal, Read};
 use std::num::NonZeroUsize;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use crate::format::codec::{CodecContext, crc32};
 use crate::format::crypto::{BlockCipher, DEFAULT_ITERATIONS};
 use crate::format::writer::{ArchiveWriter, WriteError};
-use crate::format::{
-    BlockInfo, CodecError, Compression, EncryptionParams, Header, MAX_BLOCK_LEN, Stream,
-};
+use crate::format::{CodecError, Compression, EncryptionParams, Header, MAX_BLOCK_LEN, Stream};
 use crate::store::pool::Pool;
 use crate::store::{Engine, EngineConfig, OpenOptions, Snapshot, StoreError};
+
+mod progress;
+mod run;
+
+use progress::Progress;
+use run::Run;
 
 /// Default block size: 64 KiB, as Hexz.
 pub const DEFAULT_BLOCK_SIZE: u32 = 65536;
@@ -131,36 +132,6 @@ pub enum PackError {
     /// The worker threads could not be started.
     #[error("cannot start worker threads: {0}")]
     Threads(io::Error),
-}
-
-/// Result of one block's work on a pool thread.
-struct Prepared {
-    len: u32,
-    zero: bool,
-    hash: [u8; 32],
-    stored: Vec<u8>,
-    crc: u32,
-}
-
-/// A compression job's answer. If the job dies without answering (a panic), `Drop` reports
-/// it, so the writer never waits for a block that will not come.
-struct Reply {
-    tx: Option<crossbeam_channel::Sender<(u64, Result<Prepared, PackError>)>>,
-    seq: u64,
-}
-
-impl Reply {
-    fn send(&mut self, r: Result<Prepared, PackError>) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send((self.seq, r));
-        }
-    }
-}
-
-impl Drop for Reply {
-    fn drop(&mut self) {
-        self.send(Err(PackError::Internal(self.seq)));
-    }
 }
 
 /// Removes the temporary output unless the archive was committed.
@@ -389,272 +360,6 @@ fn random_salt() -> io::Result<[u8; 16]> {
     Ok(salt)
 }
 
-/// Errors inside a stream, before the input path is attached.
-enum StreamError {
-    Read(io::Error),
-    Other(PackError),
-}
-
-impl StreamError {
-    fn with_input(self, path: &Path) -> PackError {
-        match self {
-            StreamError::Read(source) => PackError::Input {
-                path: path.to_path_buf(),
-                source,
-            },
-            StreamError::Other(e) => e,
-        }
-    }
-}
-
-impl From<PackError> for StreamError {
-    fn from(e: PackError) -> Self {
-        StreamError::Other(e)
-    }
-}
-
-struct Run<'a, W: Write + io::Seek> {
-    output: &'a Path,
-    pool: &'a Pool,
-    writer: &'a mut ArchiveWriter<W>,
-    compression: Compression,
-    block_size: u32,
-    cipher: Option<Arc<BlockCipher>>,
-    base: Option<&'a Snapshot>,
-    engine: &'a Arc<Engine>,
-    dedup: lru::LruCache<[u8; 32], (u64, u32, u32)>,
-    summary: PackSummary,
-    progress: Progress,
-    in_flight_max: usize,
-}
-
-impl<W: Write + io::Seek> Run<'_, W> {
-    /// Packs one input stream; returns its length.
-    fn stream(&mut self, stream: Stream, mut file: File) -> Result<u64, StreamError> {
-        self.writer
-            .begin_stream(stream)
-            .map_err(|source| PackError::Write {
-                path: self.output.to_path_buf(),
-                source,
-            })?;
-        let (tx, rx) = crossbeam_channel::unbounded::<(u64, Result<Prepared, PackError>)>();
-        let mut next_read = 0u64;
-        let mut next_write = 0u64;
-        let mut ready: BTreeMap<u64, Prepared> = BTreeMap::new();
-        let mut eof = false;
-        let mut total = 0u64;
-        let first_index = self.writer.next_block_index();
-        loop {
-            while !eof && next_read - next_write < self.in_flight_max as u64 {
-                let mut buf = vec![0u8; self.block_size as usize];
-                let n = read_full(&mut file, &mut buf).map_err(StreamError::Read)?;
-                if n == 0 {
-                    eof = true;
-                    break;
-                }
-                buf.truncate(n);
-                total += n as u64;
-                if n < self.block_size as usize {
-                    eof = true;
-                }
-                let seq = next_read;
-                next_read += 1;
-                let tx = tx.clone();
-                let compression = self.compression;
-                let cipher = self.cipher.clone();
-                let index = first_index + seq;
-                let mut reply = Reply { tx: Some(tx), seq };
-                self.pool.submit(Box::new(move |scratch| {
-                    let r = prepare(
-                        &mut scratch.codec,
-                        compression,
-                        cipher.as_deref(),
-                        index,
-                        &buf,
-                    );
-                    reply.send(r.map_err(PackError::Codec));
-                }));
-            }
-            if next_write == next_read {
-                break;
-            }
-            let Ok((seq, r)) = rx.recv() else {
-                break;
-            };
-            ready.insert(seq, r?);
-            while let Some(p) = ready.remove(&next_write) {
-                self.write_block(p)?;
-                next_write += 1;
-            }
-        }
-        Ok(total)
-    }
-
-    fn write_block(&mut self, p: Prepared) -> Result<(), PackError> {
-        let output = self.output;
-        let werr = |source| PackError::Write {
-            path: output.to_path_buf(),
-            source,
-        };
-        self.progress.add(u64::from(p.len));
-        let encrypted = self.cipher.is_some();
-        let entry = if p.zero {
-            self.summary.sparse += 1;
-            BlockInfo::sparse(p.len)
-        } else if let Some(parent) = self.parent_ref(&p)? {
-            self.summary.parent_refs += 1;
-            parent
-        } else if let Some(&(offset, length, checksum)) = if encrypted {
-            None
-        } else {
-            self.dedup.get(&p.hash)
-        } {
-            self.summary.deduplicated += 1;
-            BlockInfo {
-                offset,
-                length,
-                logical_len: p.len,
-                checksum,
-                hash: p.hash,
-            }
-        } else {
-            let offset = self.writer.append_stored(&p.stored).map_err(werr)?;
-            let length = u32::try_from(p.stored.len()).map_err(|_| werr(WriteError::Overflow))?;
-            if !encrypted {
-                self.dedup.put(p.hash, (offset, length, p.crc));
-            }
-            BlockInfo {
-                offset,
-                length,
-                logical_len: p.len,
-                checksum: p.crc,
-                hash: if encrypted { [0; 32] } else { p.hash },
-            }
-        };
-        self.writer.push_entry(entry).map_err(werr)
-    }
-
-    /// A parent reference for this block, if the base chain holds its hash.
-    fn parent_ref(&self, p: &Prepared) -> Result<Option<BlockInfo>, PackError> {
-        let Some(base) = self.base else {
-            return Ok(None);
-        };
-        let chain = std::slice::from_ref(base.archive());
-        Ok(
-            match crate::store::resolve_in_chain(self.engine, chain, &p.hash)? {
-                Some(len) if len == p.len => Some(BlockInfo::parent(p.len, p.hash)),
-                _ => None,
-            },
-        )
-    }
-}
-
-/// The per-block work: hash, zero test, compress, encrypt, CRC.
-fn prepare(
-    codec: &mut CodecContext,
-    compression: Compression,
-    cipher: Option<&BlockCipher>,
-    index: u64,
-    data: &[u8],
-) -> Result<Prepared, CodecError> {
-    let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-    let zero = is_zero(data);
-    let hash = *blake3::hash(data).as_bytes();
-    let mut stored = Vec::new();
-    if !zero {
-        codec.compress(compression, data, &mut stored)?;
-        if let Some(c) = cipher {
-            c.encrypt_in_place(index, &mut stored, 0);
-        }
-    }
-    let crc = crc32(&stored);
-    Ok(Prepared {
-        len,
-        zero,
-        hash,
-        stored,
-        crc,
-    })
-}
-
-fn is_zero(data: &[u8]) -> bool {
-    // OR-folding fixed chunks vectorises; `iter().all` with its early exit does not.
-    let mut chunks = data.chunks_exact(64);
-    for c in &mut chunks {
-        if c.iter().fold(0u8, |a, &b| a | b) != 0 {
-            return false;
-        }
-    }
-    chunks.remainder().iter().all(|&b| b == 0)
-}
-
-/// Reads until `buf` is full or the input ends; returns the bytes read.
-fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
-/// The progress line: shown only on a terminal, redrawn at most five times a second.
-struct Progress {
-    enabled: bool,
-    total: u64,
-    done: u64,
-    start: Instant,
-    last: Instant,
-}
-
-impl Progress {
-    fn new(enabled: bool, total: u64) -> Self {
-        let now = Instant::now();
-        Progress {
-            enabled,
-            total,
-            done: 0,
-            start: now,
-            last: now,
-        }
-    }
-
-    fn add(&mut self, n: u64) {
-        self.done += n;
-        if self.enabled && self.last.elapsed() >= Duration::from_millis(200) {
-            self.last = Instant::now();
-            self.draw();
-        }
-    }
-
-    fn draw(&self) {
-        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
-        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-        let pct = if self.total > 0 {
-            format!(" ({:.0}%)", 100.0 * self.done as f64 / self.total as f64)
-        } else {
-            String::new()
-        };
-        eprint!(
-            "\rpacking: {:.1} of {:.1} MiB{pct}, {:.0} MiB/s   ",
-            mib(self.done),
-            mib(self.total),
-            mib(self.done) / secs
-        );
-    }
-
-    fn finish(&self) {
-        if self.enabled {
-            self.draw();
-            eprintln!();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -669,17 +374,5 @@ mod tests {
             relative_to(Path::new("/a/b"), Path::new("/a/d/c.hxz")),
             PathBuf::from("../d/c.hxz")
         );
-    }
-
-    #[test]
-    fn zero_detection() {
-        assert!(is_zero(&[0; 100]));
-        let mut v = vec![0; 100];
-        v[99] = 1;
-        assert!(!is_zero(&v));
-        v[99] = 0;
-        v[3] = 1;
-        assert!(!is_zero(&v));
-        assert!(is_zero(&[]));
     }
 }
