@@ -162,7 +162,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     humantime::parse_duration(t).map_err(|e| match e {
         humantime::DurationError::NumberOverflow => format!("{s:?} is too long"),
-        e => format!("{s:?} is not a duration: {e} ({DURATION_FORMS})"),
+        humantime::DurationError::UnknownUnit { unit, .. } if !unit.is_empty() => {
+            format!("{s:?} is not a duration (unknown unit {unit:?}; {DURATION_FORMS})")
+        }
+        _ => format!("{s:?} is not a duration ({DURATION_FORMS})"),
     })
 }
 
