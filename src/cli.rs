@@ -339,6 +339,22 @@ mod tests {
         assert_eq!(parse_size("64K"), Ok(65536));
         assert_eq!(parse_size("256MiB"), Ok(256 << 20));
         assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("64KB"), Ok(65536));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("2T"), Ok(2 << 40));
+        assert_eq!(parse_size(" 100b "), Ok(100));
+        assert_eq!(parse_size("1.5K"), Ok(1536));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(
+            parse_size("99999999999999999999"),
+            Err("\"99999999999999999999\" is too large".into())
+        );
+        assert!(
+            parse_size("12x")
+                .unwrap_err()
+                .contains("expected e.g. 4096")
+        );
         assert!(parse_size("").is_err());
         assert!(parse_size("12x").is_err());
         assert!(parse_size("-1").is_err());

@@ -145,45 +145,39 @@ impl RawConfig {
     }
 }
 
-/// Parses a duration: seconds as an integer, or a number with `ms`, `s`, `m` or `h`.
+/// The forms named when a duration is refused.
+const DURATION_FORMS: &str = "expected e.g. 30, \"30s\", \"500ms\", \"5m\", \"1h 30m\"";
+
+/// Parses a duration: whole seconds as a bare integer (the config's TOML integers are the same),
+/// or anything `humantime` reads ("500ms", "30s", "5m", "1h 30m", "2days"). Also the command
+/// line's duration parser.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(digits);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("{s:?} is not a duration (expected e.g. 30, \"30s\", \"500ms\", \"5m\")")
-    })?;
-    let ms = match unit.trim() {
-        "ms" => Some(n),
-        "" | "s" => n.checked_mul(1000),
-        "m" | "min" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
-    };
-    ms.map(Duration::from_millis)
-        .ok_or_else(|| format!("{s:?} is too long"))
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        // Only digits: the one way `parse` fails is a number past u64.
+        return t
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("{s:?} is too long"));
+    }
+    humantime::parse_duration(t).map_err(|e| match e {
+        humantime::DurationError::NumberOverflow => format!("{s:?} is too long"),
+        humantime::DurationError::UnknownUnit { unit, .. } if !unit.is_empty() => {
+            format!("{s:?} is not a duration (unknown unit {unit:?}; {DURATION_FORMS})")
+        }
+        _ => format!("{s:?} is not a duration ({DURATION_FORMS})"),
+    })
 }
 
-/// Parses a byte count: a decimal integer with an optional binary suffix (K, M, G, T, with or
-/// without `iB`/`B`), e.g. `65536`, `64K`, `256MiB`. Also the command line's size parser.
+/// Parses a byte count with `parse-size` in its binary unit system: a number with an optional
+/// suffix where K, KB and KiB are all 1024 (up to E), e.g. `65536`, `64K`, `256MiB`, `1.5G`.
+/// Also the command line's size parser.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, suffix) = t.split_at(digits);
-    if num.is_empty() {
-        return Err(format!(
-            "{s:?} is not a size (expected e.g. 4096, 64K, 256MiB)"
-        ));
-    }
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is too large"))?;
-    let shift = match suffix.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        other => return Err(format!("unknown size suffix {other:?} in {s:?}")),
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s.trim())
+        .map_err(|e| match e {
+            parse_size::Error::PosOverflow => format!("{s:?} is too large"),
+            _ => format!("{s:?} is not a size (expected e.g. 4096, 64K, 256MiB)"),
+        })
 }

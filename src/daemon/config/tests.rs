@@ -117,9 +117,25 @@ fn the_shipped_sample_config_is_valid_and_shows_the_defaults() {
 #[test]
 fn durations() {
     assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+    assert_eq!(parse_duration(" 0 "), Ok(Duration::ZERO));
+    assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
     assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-    assert!(parse_duration("x").is_err());
-    assert!(parse_duration("5d").is_err());
+    assert_eq!(parse_duration("5min"), Ok(Duration::from_secs(300)));
+    assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+    assert_eq!(parse_duration("5d"), Ok(Duration::from_secs(5 * 86_400)));
+    for bad in ["", "x", "-1", "30 parsecs", "s", "1.5.2s"] {
+        let e = parse_duration(bad).unwrap_err();
+        assert!(e.contains(&format!("{bad:?}")) && !e.contains('\n'), "{e}");
+    }
+    assert!(
+        parse_duration("x")
+            .unwrap_err()
+            .contains("expected e.g. 30")
+    );
+    for long in ["99999999999999999999", "99999999999999999999h"] {
+        assert_eq!(parse_duration(long), Err(format!("{long:?} is too long")));
+    }
 }
 
 #[test]
