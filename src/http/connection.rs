@@ -21,6 +21,9 @@
 //! Files by role: this file owns the connection's state, its request loop, socket setup, I/O
 //! error logging and the lingering close; `read` reads request heads, `answer` decides and
 //! sends responses (and maps store errors), `access_log` writes the per-request log line.
+//!
+//! [`MAX_HEAD_BYTES`]: super::request::MAX_HEAD_BYTES
+//! [`body::MAX_CHUNK`]: super::body::MAX_CHUNK
 
 use std::io::{self, IoSlice, Read};
 use std::sync::Arc;
