@@ -295,3 +295,84 @@ fn a_missing_object_and_an_unknown_host_are_one_clear_line() {
 fn the_chunk_size_is_what_the_tests_assume() {
     assert_eq!(CHUNK_BYTES, 128 * 1024);
 }
+
+#[test]
+fn a_fault_under_read_ahead_fails_only_the_reads_it_touches() {
+    // A sequential reader with read-ahead on: the read-ahead GET that covers the faulty
+    // block fails in the background; the reader fetches again what it needs, so only the
+    // reads whose blocks share a chunk with the fault fail, and every other read is exact.
+    let s = FaultServer::start();
+    s.put("/a.hxz", read(&fixtures().join("mixed-lz4.hxz")));
+    let config = hexzd::store::RemoteConfig {
+        readahead: 16 << 20,
+        ..quick()
+    };
+    let snap =
+        Snapshot::open_with(s.url("/a.hxz"), &engine(config), &OpenOptions::default()).unwrap();
+    let blocks = data_blocks();
+    let bad = blocks[blocks.len() / 2];
+    s.rule("/a.hxz", Some(stored(&bad)), Fault::Status(500), None);
+    let bad_chunks = (
+        stored(&bad).0 / CHUNK_BYTES,
+        (stored(&bad).1 - 1) / CHUNK_BYTES,
+    );
+    let all = ArchiveBytes::fixture("mixed-lz4.hxz").blocks();
+    let raw = read(&fixtures().join("mixed.img"));
+    const PIECE: u64 = 64 * 1024;
+    let (mut ok, mut failed) = (0, 0);
+    let mut at = 0u64;
+    while at < raw.len() as u64 {
+        let len = PIECE.min(raw.len() as u64 - at);
+        // Whether a block this read needs has stored bytes in (or next to) a faulty chunk.
+        let touches = all.iter().any(|b| {
+            b.stream == Stream::Main
+                && b.info.length > 0
+                && b.logical < at + len
+                && b.logical + u64::from(b.info.logical_len) > at
+                && {
+                    let (f, l) = (
+                        b.info.offset / CHUNK_BYTES,
+                        (b.info.offset + u64::from(b.info.length) - 1) / CHUNK_BYTES,
+                    );
+                    l + 1 >= bad_chunks.0 && f <= bad_chunks.1 + 1
+                }
+        });
+        let mut buf = vec![0u8; len as usize];
+        match snap.read_at(Stream::Main, at, &mut buf) {
+            Ok(n) => {
+                assert_eq!(n as u64, len);
+                assert!(
+                    buf == raw[at as usize..(at + len) as usize],
+                    "wrong bytes at {at}"
+                );
+                ok += 1;
+            }
+            Err(e) => {
+                assert!(touches, "a read away from the fault failed at {at}: {e}");
+                let e = e.to_string();
+                assert!(e.contains("HTTP 500") && e.contains("/a.hxz"), "{e}");
+                failed += 1;
+            }
+        }
+        let hit = bad.logical < at + len && bad.logical + u64::from(bad.info.logical_len) > at;
+        if hit {
+            assert!(failed > 0, "the read of the faulty block at {at} succeeded");
+        }
+        at += len;
+    }
+    assert!(ok > 10 && failed >= 1, "{ok} reads ok, {failed} failed");
+    // A 64 KiB read needs at most two chunks: a longer GET was read-ahead.
+    let longest = s
+        .requests()
+        .iter()
+        .filter_map(|(_, r)| {
+            let (a, b) = r.strip_prefix("bytes=")?.split_once('-')?;
+            Some(b.parse::<u64>().ok()? + 1 - a.parse::<u64>().ok()?)
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        longest > 2 * CHUNK_BYTES,
+        "no read-ahead GET (longest {longest} bytes): the test did not exercise it"
+    );
+}

@@ -33,11 +33,17 @@ pub(crate) enum Look {
     Busy,
 }
 
+/// Buffers of evicted chunks kept for the next fetches (4 MiB): a fresh 128 KiB buffer is
+/// an `mmap` whose every page faults in and is zeroed, a recycled one is written straight
+/// over (a fetch fills every byte or fails and drops it).
+const SPARE: usize = 32;
+
 #[derive(Debug)]
 struct State {
     lru: LruCache<ChunkKey, Chunk>,
     used: usize,
     loading: HashSet<ChunkKey>,
+    spare: Vec<Vec<u8>>,
 }
 
 /// The shared chunk cache, bounded in bytes (pinned chunks may exceed the bound while held).
@@ -56,6 +62,7 @@ impl ChunkCache {
                 lru: LruCache::unbounded(),
                 used: 0,
                 loading: HashSet::new(),
+                spare: Vec::new(),
             }),
             done: Condvar::new(),
             capacity,
@@ -112,6 +119,19 @@ impl ChunkCache {
         }
     }
 
+    /// A buffer of `len` bytes (at most [`CHUNK`]) for a fetch to fill entirely: a recycled
+    /// one when there is one (holding old bytes, which the fetch overwrites), else a new one.
+    pub fn buffer(&self, len: usize) -> Vec<u8> {
+        let spare = self.lock().spare.pop();
+        match spare {
+            Some(mut v) if len <= v.len() => {
+                v.truncate(len);
+                v
+            }
+            _ => vec![0u8; len],
+        }
+    }
+
     /// Bytes held now.
     pub fn used(&self) -> usize {
         self.lock().used
@@ -130,6 +150,12 @@ impl ChunkCache {
                 s.lru.put(k, c);
             } else {
                 s.used -= c.len();
+                // Only full chunks are kept, so every spare serves any request.
+                if s.spare.len() < SPARE && c.len() as u64 == CHUNK {
+                    if let Ok(v) = Arc::try_unwrap(c) {
+                        s.spare.push(v);
+                    }
+                }
             }
         }
     }
@@ -173,5 +199,22 @@ mod tests {
         let _ = c.look((1, 9));
         c.finish((1, 9), Some(Arc::new(vec![0u8; 90])));
         assert!(c.used() <= 100);
+    }
+
+    #[test]
+    fn evicted_full_chunks_are_recycled() {
+        let full = usize::try_from(CHUNK).unwrap();
+        let c = ChunkCache::new(full);
+        for i in 0..3u8 {
+            let _ = c.look((1, u64::from(i)));
+            c.finish((1, u64::from(i)), Some(Arc::new(vec![i; full])));
+        }
+        // Two were evicted; their buffers come back (old bytes and all) at the asked length.
+        let b = c.buffer(100);
+        assert_eq!(b.len(), 100);
+        assert_eq!(b.capacity(), full);
+        assert_eq!(c.buffer(full).capacity(), full);
+        // None left: a fresh, zeroed one.
+        assert!(c.buffer(10).iter().all(|&x| x == 0));
     }
 }
