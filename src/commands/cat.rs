@@ -2,33 +2,16 @@
 
 use std::io::{self, Write};
 
-use super::{CommandError, cli_password};
+use super::{CommandError, open_uncached};
 use crate::cli::CatArgs;
 use crate::format::Stream;
-use crate::store::{Engine, EngineConfig, OpenOptions, RemoteConfig, Snapshot};
 
 /// Read size: large enough that one read spans many blocks and keeps every worker busy.
 const CHUNK: usize = 8 << 20;
 
 /// Copies the requested range to stdout. A closed pipe (`| head`) ends the copy quietly.
 pub fn run(args: &CatArgs) -> Result<(), CommandError> {
-    let engine = Engine::with_remote(
-        EngineConfig {
-            // Sequential, read once: caching would only cost copies.
-            cache_bytes: 0,
-            ..EngineConfig::default()
-        },
-        RemoteConfig::from_env()?,
-    )
-    .map_err(CommandError::Output)?;
-    let snap = Snapshot::open_with(
-        &args.archive,
-        &engine,
-        &OpenOptions {
-            password: cli_password(&args.password)?,
-            index_only: false,
-        },
-    )?;
+    let snap = open_uncached(&args.archive, &args.password)?;
     let stream: Stream = args.stream.into();
     let size = snap.size(stream);
     if args.offset > size {

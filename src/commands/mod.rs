@@ -15,6 +15,7 @@ use std::path::Path;
 use crate::cli::PasswordArgs;
 use crate::pack::PackError;
 use crate::store::StoreError;
+use crate::store::{Engine, EngineConfig, OpenOptions, RemoteConfig, Snapshot};
 
 /// Environment variable the CLI commands read a password from (as Hexz does).
 pub const PASSWORD_ENV: &str = "HEXZ_PASSWORD";
@@ -65,4 +66,26 @@ pub fn cli_password(args: &PasswordArgs) -> Result<Option<Vec<u8>>, CommandError
     Ok(std::env::var_os(PASSWORD_ENV)
         .filter(|v| !v.is_empty())
         .map(|v| std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec()))
+}
+
+/// Opens `archive` for a one-shot command that reads each block once (`cat`, `verify`): no
+/// block cache (it would only cost copies), remote settings from the environment, the password
+/// from `--password-file` or `HEXZ_PASSWORD`.
+pub fn open_uncached(archive: &Path, password: &PasswordArgs) -> Result<Snapshot, CommandError> {
+    let engine = Engine::with_remote(
+        EngineConfig {
+            cache_bytes: 0,
+            ..EngineConfig::default()
+        },
+        RemoteConfig::from_env()?,
+    )
+    .map_err(CommandError::Output)?;
+    Ok(Snapshot::open_with(
+        archive,
+        &engine,
+        &OpenOptions {
+            password: cli_password(password)?,
+            index_only: false,
+        },
+    )?)
 }

@@ -3,28 +3,12 @@
 
 use std::io::IsTerminal;
 
-use super::{CommandError, cli_password};
+use super::{CommandError, open_uncached};
 use crate::cli::VerifyArgs;
-use crate::store::{Engine, EngineConfig, OpenOptions, RemoteConfig, Snapshot};
 
 /// Verifies the archive and prints the result.
 pub fn run(args: &VerifyArgs) -> Result<(), CommandError> {
-    let engine = Engine::with_remote(
-        EngineConfig {
-            cache_bytes: 0,
-            ..EngineConfig::default()
-        },
-        RemoteConfig::from_env()?,
-    )
-    .map_err(CommandError::Output)?;
-    let snap = Snapshot::open_with(
-        &args.archive,
-        &engine,
-        &OpenOptions {
-            password: cli_password(&args.password)?,
-            index_only: false,
-        },
-    )?;
+    let snap = open_uncached(&args.archive, &args.password)?;
     let tty = std::io::stderr().is_terminal();
     let report = snap.verify(|done, total| {
         if tty {
