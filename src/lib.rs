@@ -1,7 +1,7 @@
 //! hexzd: a small synchronous daemon that serves Hexz snapshot archives (`.hxz`) over HTTP
 //! byte ranges and NBD.
 //!
-//! Layers, bottom up (design.md §2): [`format`] is the pure archive format; [`store`] opens
+//! Layers, bottom up (design.md §2): [`format`](mod@format) is the pure archive format; [`store`] opens
 //! snapshots and answers `read_at`; [`pack`] writes archives; [`serving`] holds what the front
 //! ends share (the catalog, every name on the wire, connections, metrics); [`tls`] puts rustls
 //! on their sockets; [`http`] and [`nbd`] are the front ends; [`daemon`] owns the lifecycle of `serve` on top of them. [`cli`] and

@@ -9,7 +9,7 @@
 //! thread queue behind one write at a time: 8 keep-alive clients of 4 KiB ranges got a third
 //! of the requests per second they get with the log off (issue 11). Lines keep their order,
 //! a line is never split, and a stderr that stops draining blocks the threads that log (with
-//! at most [`MAX_PENDING`] bytes held), as a plain write would.
+//! at most `MAX_PENDING` bytes held), as a plain write would.
 
 use std::fmt::Write as _;
 use std::io::Write;

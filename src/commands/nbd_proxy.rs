@@ -10,7 +10,7 @@ use crate::proxy::{Reporter, config};
 /// The name the original is installed under.
 const NBD_PROXY: &str = "nbd-proxy";
 
-/// When argv[0]'s file name is `nbd-proxy`, runs as the original and returns the exit status.
+/// When `argv[0]`'s file name is `nbd-proxy`, runs as the original and returns the exit status.
 pub fn dispatch_argv0() -> Option<u8> {
     let argv: Vec<OsString> = std::env::args_os().collect();
     let argv0 = argv.first()?;

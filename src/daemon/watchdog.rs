@@ -46,7 +46,7 @@ pub fn interval(usec: Option<&str>, pid: Option<&str>, own_pid: u32) -> Option<D
 }
 
 /// How long the loops have to answer one check: half the interval, at most
-/// [`MAX_ANSWER_TIME`].
+/// `MAX_ANSWER_TIME`.
 pub fn answer_bound(interval: Duration) -> Duration {
     (interval / 2).min(MAX_ANSWER_TIME)
 }

@@ -4,7 +4,7 @@
 //! signed seconds rather than `SystemTime`, and the years it cannot represent.
 //!
 //! `httpdate` covers 1970-01-01 to 9999-12-31 (and panics when asked to format outside it).
-//! [`format`] clamps to that span: a file time before 1970 (a zero or negative mtime) is written
+//! [`format()`] clamps to that span: a file time before 1970 (a zero or negative mtime) is written
 //! as the epoch, and one past 9999 as the last second of 9999. [`parse`] returns `None` for a
 //! date outside it, as for any other date it cannot read; callers then ignore the header, which
 //! for every conditional header means serving the full representation (always safe).

@@ -2,7 +2,7 @@
 //! `getopt_long(argc, argv, "h", {help, metadata})` as glibc implements it, byte for byte.
 //!
 //! Why not clap: scripts and bmcweb see getopt's behaviour and diagnostics (`nbd-proxy:
-//! unrecognized option '--x'`, argv[0] exactly as invoked, unambiguous prefixes such as
+//! unrecognized option '--x'`, `argv[0]` exactly as invoked, unambiguous prefixes such as
 //! `--meta`, options after operands, `--`, `POSIXLY_CORRECT` stopping at the first operand),
 //! which clap does not reproduce. This is a small pure function instead.
 //!
@@ -54,7 +54,7 @@ const LONG: [(&str, Opt, bool, bool); 4] = [
     ("state-hook", Opt::StateHook, true, false),
 ];
 
-/// The usage text, three lines, with argv[0] as invoked.
+/// The usage text, three lines, with `argv[0]` as invoked.
 pub fn usage(argv0: &OsStr) -> Vec<u8> {
     let a = argv0.as_bytes();
     let mut v = b"usage:\n\t".to_vec();
@@ -65,7 +65,7 @@ pub fn usage(argv0: &OsStr) -> Vec<u8> {
     v
 }
 
-/// Parses `argv` (with argv[0]); appends getopt's diagnostics to `diag`. `posixly_correct`:
+/// Parses `argv` (with `argv[0]`); appends getopt's diagnostics to `diag`. `posixly_correct`:
 /// whether `POSIXLY_CORRECT` is in the environment.
 pub fn parse(argv: &[OsString], posixly_correct: bool, diag: &mut Vec<u8>) -> Parsed {
     let argv0 = argv.first().map_or(&b""[..], |a| a.as_bytes());

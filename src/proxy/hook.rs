@@ -3,7 +3,7 @@
 //!
 //! As in the original: skipped silently unless `access(X_OK)` succeeds; stdin and stdout are
 //! /dev/null, stderr and the working directory are inherited; an exec failure counts as the
-//! hook exiting with status 1. Differences (§11): argv[0] is the file name (`state`), not the
+//! hook exiting with status 1. Differences (§11): `argv[0]` is the file name (`state`), not the
 //! full path; systemd's `NOTIFY_SOCKET`, `WATCHDOG_*` and `LISTEN_*` are removed from the
 //! environment so they do not leak to children.
 

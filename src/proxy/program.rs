@@ -43,7 +43,7 @@ pub struct Options {
     pub state_hook: PathBuf,
 }
 
-/// The file name of argv[0], the prefix of every message (`warnx` uses it).
+/// The file name of `argv[0]`, the prefix of every message (`warnx` uses it).
 pub fn program_name(argv0: &std::ffi::OsStr) -> String {
     Path::new(argv0)
         .file_name()

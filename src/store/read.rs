@@ -103,7 +103,7 @@ impl Snapshot {
     /// one by one from a shared list ([`Batch`]); the reader decodes the blocks it takes
     /// straight into `buf` and copies the others as their notices arrive.
     ///
-    /// At most [`Engine::read_window`] jobs of this read wait in the pool queue at once; a new
+    /// At most [`Engine::read_window`](super::engine::Engine::read_window) jobs of this read wait in the pool queue at once; a new
     /// one is queued only as a worker's block arrives. A 32 MiB cold read then keeps every
     /// worker busy without putting 512 jobs ahead of other clients' reads in the shared FIFO.
     /// Blocks are claimed only when taken, so returning early on an error never leaves a

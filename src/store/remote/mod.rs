@@ -5,7 +5,7 @@
 //! shown; `client` is one range GET (redirects, checks, retries); `sigv4` and `s3` sign S3
 //! requests; `chunks` is the shared memory cache with single flight; `disk` the disk cache;
 //! `object` an open object (the probe at open, reads, coalescing, read-ahead); `metrics` the
-//! counters. [`Remote`] is the engine-wide state all of them share.
+//! counters. `Remote` is the engine-wide state all of them share.
 
 mod chunks;
 mod client;
