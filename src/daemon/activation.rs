@@ -10,7 +10,7 @@
 //! never touches them.
 
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
@@ -109,21 +109,14 @@ pub fn plan(
 /// Adopts the sockets of [`plan`]: checks each, sets `FD_CLOEXEC`, and wraps it as a
 /// [`Listener`].
 pub fn adopt(plan: &[(RawFd, Protocol)]) -> Result<Vec<(Protocol, Listener)>, ListenError> {
-    let mut out = Vec::with_capacity(plan.len());
-    for &(fd, protocol) in plan {
-        // SAFETY: F_GETFD only reads the descriptor flags of `fd`; on a closed fd it fails
-        // with EBADF and touches nothing.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
-            return Err(bad(fd, "is not an open file descriptor".into()));
-        }
-        // SAFETY: `fd` is open (checked above), was passed to this process by its activator
-        // for it to own, and is adopted exactly once: the LISTEN_* variables are read once, at
-        // start-up (`SystemdEnv::read`; a reload never adopts again), no child inherits them
-        // (hooks start without them), and nothing else in hexzd refers to fds by number.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        out.push((protocol, check(owned)?));
-    }
-    Ok(out)
+    let fds: Vec<RawFd> = plan.iter().map(|&(fd, _)| fd).collect();
+    let owned = crate::kernel::passed_fd::adopt_passed(&fds)
+        .map_err(|e| ListenError::Activation(e.to_string()))?;
+    owned
+        .into_iter()
+        .zip(plan)
+        .map(|(fd, &(_, protocol))| Ok((protocol, check(fd)?)))
+        .collect()
 }
 
 fn bad(fd: RawFd, problem: String) -> ListenError {

@@ -3,12 +3,12 @@
 //! [`NbdDevice`] and the nbd-client 3.24 set-up order ([`device`]), and the kernel uevent socket
 //! ([`uevent`]).
 //!
-//! This module holds hexzd's `unsafe` code (the `ioctl(2)` calls); each block says why it is
-//! sound. The one other place is `daemon/activation.rs`, which takes ownership of the sockets
-//! systemd passes (fds 3 and up), something no safe API can express. Everything above it (`proxy/`) talks to a [`Device`], so it is tested with a fake.
+//! This module holds all of hexzd's `unsafe` code: the `ioctl(2)` calls, and taking ownership
+//! of the sockets an activator passed ([`passed_fd`]); each block says why it is sound. Everything above it (`proxy/`) talks to a [`Device`], so it is tested with a fake.
 
 pub mod device;
 pub mod ioctl;
+pub mod passed_fd;
 pub mod uevent;
 
 use std::path::PathBuf;
