@@ -11,19 +11,17 @@
 //! buffer back and reads the data again when the client reads again (`reply.rs`).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::handshake::Session;
+pub use super::in_flight::BYTES_IN_FLIGHT;
+use super::in_flight::InFlight;
 use super::proto::*;
 use super::reply::{Claim, ReadSent, ReplyWriter, Sink};
 use super::transmission::{Command, Refusal};
 use crate::serving::{Budget, Buffer, Draining, ProtoMetrics};
 use crate::store::{Extent, ExtentKind, StoreError};
 
-/// READ bytes dispatched but not yet replied, per connection. One READ of the maximum size is
-/// always admitted when nothing else is in flight.
-pub const BYTES_IN_FLIGHT: u64 = 64 * 1024 * 1024;
 /// A handler's read buffer is kept between requests up to this size (the kernel's largest usual
 /// request is 1.25 MiB; nbdcopy's 256 KiB); larger ones are freed after use.
 pub const RETAINED_BUFFER: usize = 2 * 1024 * 1024;
@@ -46,51 +44,6 @@ const MAX_PREFETCH: u64 = 32 * 1024 * 1024;
 const MAX_STATUS_BYTES: u64 = 1 << 30;
 /// BLOCK_STATUS sends at most this many extents per reply (nbd.md §4 allows up to 2^20).
 const MAX_STATUS_EXTENTS: usize = 65536;
-
-/// Bytes of READ payload in flight on a connection, with a cap the reader waits on.
-#[derive(Debug)]
-pub(super) struct InFlight {
-    used: Mutex<Used>,
-    freed: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct Used {
-    bytes: u64,
-    /// The reader waits on `freed` (signalled only then: every reply releases bytes).
-    waiting: bool,
-}
-
-impl InFlight {
-    pub(super) fn new() -> InFlight {
-        InFlight {
-            used: Mutex::new(Used::default()),
-            freed: Condvar::new(),
-        }
-    }
-
-    pub(super) fn acquire(&self, n: u64) {
-        let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
-        while used.bytes > 0 && used.bytes + n > BYTES_IN_FLIGHT {
-            used.waiting = true;
-            used = self
-                .freed
-                .wait(used)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        used.waiting = false;
-        used.bytes += n;
-    }
-
-    fn release(&self, n: u64) {
-        let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
-        used.bytes = used.bytes.saturating_sub(n);
-        if used.waiting {
-            drop(used);
-            self.freed.notify_all();
-        }
-    }
-}
 
 /// A request handed to a handler.
 #[derive(Debug)]

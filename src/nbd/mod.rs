@@ -18,6 +18,7 @@
 pub mod client;
 mod execute;
 pub mod handshake;
+mod in_flight;
 pub mod proto;
 pub mod reply;
 pub mod transmission;
