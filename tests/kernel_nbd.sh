@@ -9,32 +9,19 @@
 #   tests/kernel_nbd.sh --local                   no VM: run the guest script on this machine
 #                                                 (root, nbd module, nbd-client; uses NBD_DEV)
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-NBDVM="${NBDVM:-$ROOT/tools/nbdvm}"
-NBDVM_DIR="${NBDVM_DIR:-/tmp/nbdvm}"
+NAME=kernel_nbd
+WHAT="kernel NBD test"
+. "$(dirname "${BASH_SOURCE[0]}")/vm_lib.sh"
 LOCAL=0
 if [ "${1:-}" = --local ]; then
     LOCAL=1
     shift
 fi
-
-skip() {
-    echo "SKIP: kernel NBD test: $*"
-    if [ "${HEXZD_REQUIRE_VM:-0}" = 1 ]; then
-        echo "FAIL: HEXZD_REQUIRE_VM=1"
-        exit 1
-    fi
-    exit 0
-}
 if [ "$LOCAL" = 0 ]; then
-    [ -x "$NBDVM/run.sh" ] || skip "nbdvm not found at $NBDVM"
-    [ -f "$NBDVM_DIR/initramfs.cpio.gz" ] ||
-        skip "nbdvm is not set up ($NBDVM_DIR/initramfs.cpio.gz is missing; run $NBDVM/setup.sh as root)"
-    command -v qemu-system-x86_64 > /dev/null || skip "qemu-system-x86_64 is not installed (nbdvm setup.sh installs it)"
+    need_vm
 else
-    [ "$(id -u)" = 0 ] || skip "--local needs root"
     command -v nbd-client > /dev/null || skip "nbd-client is not installed"
-    modprobe nbd 2> /dev/null || [ -e "${NBD_DEV:-/dev/nbd0}" ] || skip "no nbd module on this kernel"
+    need_local_nbd
 fi
 command -v mkfs.ext4 > /dev/null || skip "mkfs.ext4 is not installed (e2fsprogs)"
 
@@ -42,20 +29,9 @@ cd "$ROOT"
 cargo build --quiet --bin hexzd
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
 
-if [ "$LOCAL" = 1 ]; then
-    DATA="$(mktemp -d "${TMPDIR:-/tmp}/hexzd-kernel.XXXXXX")"
-else
-    mkdir -p "$NBDVM_DIR"
-    DATA="$(mktemp -d "$NBDVM_DIR/hexzd-kernel.XXXXXX")"
-fi
-trap 'rm -rf "$DATA"' EXIT
+data_dir "$LOCAL"
 tree="$DATA/tree"
-mkdir -p "$tree/sub/deep"
-echo "hello from a hexzd snapshot" > "$tree/hello.txt"
-head -c 1048576 /dev/urandom > "$tree/sub/random.bin"
-head -c 262144 /dev/zero > "$tree/sub/deep/zeros.bin"
-head -c 3000000 /dev/urandom | base64 > "$tree/sub/deep/text.b64"
-(cd "$tree" && find . -type f | sort | xargs sha256sum) > "$DATA/sums"
+make_tree "$tree" 3000000 "$DATA/sums"
 mkfs.ext4 -q -F -L hexzd -d "$tree" "$DATA/fs.img" 16M
 rm -rf "$tree"
 # A memory stream of whole sectors: the kernel keeps sizes in 512-byte sectors.
@@ -95,10 +71,4 @@ if [ "$LOCAL" = 1 ]; then
 else
     "$NBDVM/run.sh" -t 600 "$@" "$DATA" "$ROOT/tests/guest/kernel_nbd.sh" /host || rc=$?
 fi
-case "$rc" in
-    0) echo "kernel_nbd: PASS" ;;
-    124) echo "kernel_nbd: FAIL (VM time limit hit)" ;;
-    125) echo "kernel_nbd: FAIL (the VM ended without a status: boot failure or panic)" ;;
-    *) echo "kernel_nbd: FAIL (status $rc)" ;;
-esac
-exit "$rc"
+report "$rc"

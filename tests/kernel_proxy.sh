@@ -10,31 +10,18 @@
 #   tests/kernel_proxy.sh --local                  no VM: run the guest script on this machine
 #                                                  (root, nbd module; uses NBD_DEV, NBD_DEV2)
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-NBDVM="${NBDVM:-$ROOT/tools/nbdvm}"
-NBDVM_DIR="${NBDVM_DIR:-/tmp/nbdvm}"
+NAME=kernel_proxy
+WHAT="kernel nbd-proxy test"
+. "$(dirname "${BASH_SOURCE[0]}")/vm_lib.sh"
 LOCAL=0
 if [ "${1:-}" = --local ]; then
     LOCAL=1
     shift
 fi
-
-skip() {
-    echo "SKIP: kernel nbd-proxy test: $*"
-    if [ "${HEXZD_REQUIRE_VM:-0}" = 1 ]; then
-        echo "FAIL: HEXZD_REQUIRE_VM=1"
-        exit 1
-    fi
-    exit 0
-}
 if [ "$LOCAL" = 0 ]; then
-    [ -x "$NBDVM/run.sh" ] || skip "nbdvm not found at $NBDVM"
-    [ -f "$NBDVM_DIR/initramfs.cpio.gz" ] ||
-        skip "nbdvm is not set up ($NBDVM_DIR/initramfs.cpio.gz is missing; run $NBDVM/setup.sh as root)"
-    command -v qemu-system-x86_64 > /dev/null || skip "qemu-system-x86_64 is not installed (nbdvm setup.sh installs it)"
+    need_vm
 else
-    [ "$(id -u)" = 0 ] || skip "--local needs root"
-    modprobe nbd 2> /dev/null || [ -e "${NBD_DEV:-/dev/nbd0}" ] || skip "no nbd module on this kernel"
+    need_local_nbd
 fi
 command -v mkfs.ext4 > /dev/null && command -v debugfs > /dev/null || skip "mkfs.ext4 or debugfs is not installed (e2fsprogs)"
 
@@ -42,21 +29,10 @@ cd "$ROOT"
 cargo build --quiet --bin hexzd
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
 
-if [ "$LOCAL" = 1 ]; then
-    DATA="$(mktemp -d "${TMPDIR:-/tmp}/hexzd-proxy.XXXXXX")"
-else
-    mkdir -p "$NBDVM_DIR"
-    DATA="$(mktemp -d "$NBDVM_DIR/hexzd-proxy.XXXXXX")"
-fi
-trap 'rm -rf "$DATA"' EXIT
+data_dir "$LOCAL"
 
 tree="$DATA/tree"
-mkdir -p "$tree/sub/deep"
-echo "hello from a hexzd snapshot" > "$tree/hello.txt"
-head -c 1048576 /dev/urandom > "$tree/sub/random.bin"
-head -c 262144 /dev/zero > "$tree/sub/deep/zeros.bin"
-head -c 2000000 /dev/urandom | base64 > "$tree/sub/deep/text.b64"
-(cd "$tree" && find . -type f | sort | xargs sha256sum) > "$DATA/base.sums"
+make_tree "$tree" 2000000 "$DATA/base.sums"
 mkfs.ext4 -q -F -L hexzd -d "$tree" "$DATA/base.img" 16M
 rm -rf "$tree"
 # The child differs from the base by one file written in place (debugfs), so most of its
@@ -75,7 +51,8 @@ cp "$TARGET/hexzd" "$DATA/hexzd"
 
 # Both guest scripts in one boot: run.sh copies one script into the VM, which runs the two
 # from the shared directory.
-cp "$ROOT/tests/guest/kernel_proxy.sh" "$ROOT/tests/guest/daemon_attach.sh" "$DATA/"
+cp "$ROOT/tests/guest/kernel_proxy.sh" "$ROOT/tests/guest/daemon_attach.sh" \
+    "$ROOT/tests/guest/nbd_lib.sh" "$DATA/"
 cat > "$DATA/all.sh" << 'ALL_EOF'
 dir=$1
 st=0
@@ -90,10 +67,4 @@ if [ "$LOCAL" = 1 ]; then
 else
     "$NBDVM/run.sh" -t 900 "$@" "$DATA" "$DATA/all.sh" /host || rc=$?
 fi
-case "$rc" in
-    0) echo "kernel_proxy: PASS" ;;
-    124) echo "kernel_proxy: FAIL (VM time limit hit)" ;;
-    125) echo "kernel_proxy: FAIL (the VM ended without a status: boot failure or panic)" ;;
-    *) echo "kernel_proxy: FAIL (status $rc)" ;;
-esac
-exit "$rc"
+report "$rc"

@@ -16,27 +16,16 @@
 #
 #   tests/systemd_vm.sh [run.sh options...]      e.g. -v, -t 1200
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-NBDVM="${NBDVM:-$ROOT/tools/nbdvm}"
-NBDVM_DIR="${NBDVM_DIR:-/tmp/nbdvm}"
+NAME=systemd_vm
+WHAT="systemd VM test"
+. "$(dirname "${BASH_SOURCE[0]}")/vm_lib.sh"
 SYSD="$NBDVM_DIR/hexzd-sysd"
 BASE="$SYSD/base"
 CARGO_DEB_VERSION=3.8.0
 INCLUDE=systemd-sysv,udev,kmod,nbd-client,e2fsprogs,curl,procps,ca-certificates
 
-skip() {
-    echo "SKIP: systemd VM test: $*"
-    if [ "${HEXZD_REQUIRE_VM:-0}" = 1 ]; then
-        echo "FAIL: HEXZD_REQUIRE_VM=1"
-        exit 1
-    fi
-    exit 0
-}
 [ "$(id -u)" = 0 ] || skip "needs root (debootstrap, and the rootfs keeps real ownership)"
-[ -x "$NBDVM/run.sh" ] || skip "nbdvm not found at $NBDVM"
-[ -f "$NBDVM_DIR/initramfs.cpio.gz" ] ||
-    skip "nbdvm is not set up ($NBDVM_DIR/initramfs.cpio.gz is missing; run $NBDVM/setup.sh as root)"
-command -v qemu-system-x86_64 > /dev/null || skip "qemu-system-x86_64 is not installed (nbdvm setup.sh installs it)"
+need_vm
 
 cd "$ROOT"
 

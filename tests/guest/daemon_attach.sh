@@ -34,28 +34,7 @@ done
 H=$WORK/hexzd
 LOG=$WORK/daemon.log
 
-[ -e "$DEV" ] || modprobe nbd 2>/dev/null
-for d in "$DEV" "$DEV2"; do
-    [ -b "$d" ] || { echo "FAIL: $d does not exist (is the nbd module loaded?)"; exit 1; }
-    if [ -e "/sys/block/$(basename "$d")/pid" ]; then
-        echo "FAIL: $d is in use; set NBD_DEV/NBD_DEV2"
-        exit 1
-    fi
-done
-
-# Bounded polls of state the kernel or the daemon sets (never a fixed sleep).
-wait_for() { # wait_for SECONDS COMMAND...
-    limit=$(($1 * 10))
-    shift
-    j=0
-    while ! "$@"; do
-        j=$((j + 1))
-        [ $j -ge $limit ] && return 1
-        sleep 0.1
-    done
-}
-size_nonzero() { [ "$(cat "$1/size")" != 0 ]; }
-cleared() { [ "$(cat "$1/size")" = 0 ] && [ ! -e "$1/pid" ]; }
+. "$(dirname "$0")/nbd_lib.sh"
 # count_at_least N PATTERN: the daemon's log has N lines matching PATTERN.
 count_at_least() { [ "$(grep -c -- "$2" "$LOG")" -ge "$1" ]; }
 # ' attached DEV' (with the space) is an attach, never a "detached" line.

@@ -35,28 +35,7 @@ for f in hexzd base.hxz thin.hxz enc.hxz base.sums child.sums password; do
 done
 H=$WORK/hexzd
 
-[ -e "$DEV" ] || modprobe nbd 2>/dev/null
-for d in "$DEV" "$DEV2"; do
-    [ -b "$d" ] || { echo "FAIL: $d does not exist (is the nbd module loaded?)"; exit 1; }
-    if [ -e "/sys/block/$(basename "$d")/pid" ]; then
-        echo "FAIL: $d is in use; set NBD_DEV/NBD_DEV2"
-        exit 1
-    fi
-done
-
-# Bounded polls of state the kernel or a background process sets (never a fixed sleep).
-wait_for() { # wait_for SECONDS COMMAND...
-    limit=$(($1 * 10))
-    shift
-    j=0
-    while ! "$@"; do
-        j=$((j + 1))
-        [ $j -ge $limit ] && return 1
-        sleep 0.1
-    done
-}
-size_nonzero() { [ "$(cat "$1/size")" != 0 ]; }
-cleared() { [ "$(cat "$1/size")" = 0 ] && [ ! -e "$1/pid" ]; }
+. "$(dirname "$0")/nbd_lib.sh"
 has_line() { [ -f "$1" ] && grep -q "$2" "$1"; }
 
 # check_files DEVICE SUMS DESCRIPTION: mount -o ro, compare checksums, umount.
