@@ -3,121 +3,27 @@
 //! archive files. Every wait is on a line the daemon prints or on its exit, never a sleep.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::channel;
+use std::time::Duration;
+
+mod systemd_support;
+
+use systemd_support::{Daemon, fixture, serve_command};
 
 const PASSWORD: &str = "correct-horse-battery";
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/hexz-0.8.2")
-        .join(name)
-}
-
-/// A running `hexzd serve` whose stderr lines arrive on a channel.
-struct Daemon {
-    child: Child,
-    lines: Receiver<String>,
-    /// Every line so far, and whether a wait has already returned it.
-    seen: Vec<(String, bool)>,
-}
-
-impl Daemon {
-    fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Daemon {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hexzd"));
-        cmd.arg("serve")
-            .args(args)
-            .env_remove("HEXZ_PASSWORD")
-            .env("HEXZD_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Daemon {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-        }
+/// Starts `hexzd serve ARGS` with `envs` and no password in the environment.
+fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+    let mut cmd = serve_command();
+    cmd.args(args).env_remove("HEXZ_PASSWORD");
+    for (k, v) in envs {
+        cmd.env(k, v);
     }
-
-    /// Waits (bounded) for a stderr line containing `needle`, among the lines after the last
-    /// match (including ones already received), and returns it.
-    fn wait_for(&mut self, needle: &str) -> String {
-        if let Some(l) = self
-            .seen
-            .iter_mut()
-            .find(|(l, used)| !used && l.contains(needle))
-        {
-            l.1 = true;
-            return l.0.clone();
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let hit = line.contains(needle);
-                    self.seen.push((line.clone(), hit));
-                    if hit {
-                        return line;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => panic!("no {needle:?} line; saw {:?}", self.seen),
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!("daemon exited before {needle:?}; saw {:?}", self.seen)
-                }
-            }
-        }
-    }
-
-    /// The HTTP port from the readiness line.
-    fn http_port(&mut self) -> u16 {
-        let line = self.wait_for("HTTP listening on ");
-        line.rsplit(':').next().unwrap().parse().unwrap()
-    }
-
-    /// Waits (bounded) for the process to exit and returns its status.
-    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "still running after {limit:?}");
-            // Waiting for a process exit has no readiness signal to block on here.
-            std::thread::yield_now();
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        let pid = i32::try_from(self.child.id()).unwrap();
-        // SAFETY: kill(2) with a valid pid and signal number has no memory effects.
-        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Daemon::spawn(cmd)
 }
 
 /// A GET on a fresh connection; returns (status, body).
@@ -207,9 +113,9 @@ fn config_file_serves_thin_and_encrypted_snapshots_with_password_file() {
         snapshot_entry("thin", &fixture("mixed-child-thin-lz4.hxz"), None),
     );
     let cfg = write(dir.path(), "hexzd.toml", &cfg);
-    let mut d = Daemon::spawn(&["--config", cfg.to_str().unwrap()], &[]);
+    let mut d = spawn(&["--config", cfg.to_str().unwrap()], &[]);
     d.wait_for("serving 2 snapshot(s): enc (default), thin");
-    let port = d.http_port();
+    let port = d.port("HTTP");
     let mixed = std::fs::read(fixture("mixed.img")).unwrap();
     assert_eq!(get(port, "/disk"), (200, mixed.clone()));
     assert_eq!(get(port, "/snapshots/enc/disk"), (200, mixed));
@@ -283,9 +189,9 @@ fn start_up_errors_are_one_line_naming_what_is_wrong() {
 
 #[test]
 fn no_archives_serves_nothing_and_says_so() {
-    let mut d = Daemon::spawn(&["--http", "127.0.0.1:0", "--nbd", "off"], &[]);
+    let mut d = spawn(&["--http", "127.0.0.1:0", "--nbd", "off"], &[]);
     d.wait_for("serving nothing");
-    let port = d.http_port();
+    let port = d.port("HTTP");
     assert_eq!(get(port, "/healthz").0, 200);
     assert_eq!(get(port, "/disk").0, 404);
 }
@@ -300,8 +206,8 @@ fn sighup_reloads_snapshots_and_a_bad_config_keeps_the_old_ones() {
         "hexzd.toml",
         &format!("{head}{}", snapshot_entry("a", &hello, None)),
     );
-    let mut d = Daemon::spawn(&["--config", cfg.to_str().unwrap()], &[]);
-    let port = d.http_port();
+    let mut d = spawn(&["--config", cfg.to_str().unwrap()], &[]);
+    let port = d.port("HTTP");
     let hello_raw = std::fs::read(fixture("hello.txt")).unwrap();
     assert_eq!(get(port, "/snapshots/a/disk"), (200, hello_raw.clone()));
     assert_eq!(get(port, "/snapshots/b/disk").0, 404);
@@ -340,7 +246,7 @@ fn sighup_reloads_snapshots_and_a_bad_config_keeps_the_old_ones() {
 
 #[test]
 fn sigterm_shuts_down_cleanly() {
-    let mut d = Daemon::spawn(
+    let mut d = spawn(
         &[
             "--http",
             "127.0.0.1:0",
@@ -351,7 +257,7 @@ fn sigterm_shuts_down_cleanly() {
         &[],
     );
     d.wait_for("NBD listening on ");
-    let port = d.http_port();
+    let port = d.port("HTTP");
     assert_eq!(get(port, "/healthz").0, 200);
     d.signal(libc::SIGTERM);
     d.wait_for("shutting down");
@@ -362,7 +268,7 @@ fn sigterm_shuts_down_cleanly() {
 
 #[test]
 fn host_names_and_ipv6_literals_are_accepted() {
-    let mut d = Daemon::spawn(
+    let mut d = spawn(
         &[
             "--http",
             "localhost:0",
@@ -374,7 +280,7 @@ fn host_names_and_ipv6_literals_are_accepted() {
     );
     d.wait_for("HTTP listening on ");
     if std::net::TcpListener::bind("[::1]:0").is_ok() {
-        let mut d6 = Daemon::spawn(
+        let mut d6 = spawn(
             &[
                 "--http",
                 "[::1]:0",
@@ -455,8 +361,8 @@ fn sighup_naming_a_fifo_fails_the_reload_and_sigterm_still_stops_promptly() {
         "hexzd.toml",
         &format!("{head}{}", snapshot_entry("a", &hello, None)),
     );
-    let mut d = Daemon::spawn(&["--config", cfg.to_str().unwrap()], &[]);
-    let port = d.http_port();
+    let mut d = spawn(&["--config", cfg.to_str().unwrap()], &[]);
+    let port = d.port("HTTP");
     let hello_raw = std::fs::read(fixture("hello.txt")).unwrap();
     assert_eq!(get(port, "/snapshots/a/disk"), (200, hello_raw.clone()));
 
