@@ -309,3 +309,45 @@ fn a_client_at_its_cap_is_refused_and_another_client_is_not() {
     ) == Some(206)));
     drop((nbd_held, unix));
 }
+
+#[test]
+fn a_nbd_read_sent_from_the_cache_gives_its_memory_back_on_a_stall_and_resumes_byte_exact() {
+    let _t = turn();
+    let (archive, data) = http_support::cached_archive("memory", STREAM, 5);
+    let d = Daemon::start(&archive, "[limits]\nsend_timeout = \"30s\"\n");
+    let mut c = nbd_handshake(TcpStream::connect(d.nbd).unwrap()).unwrap();
+    // Twice over the stream: a block enters the cache on its second miss.
+    let step = 8usize << 20;
+    for round in 0..2u64 {
+        for off in (0..STREAM).step_by(step) {
+            c.send_read(round, off as u64, 8 << 20);
+            let (_, got) = c.read_reply(step);
+            assert!(got == data[off..off + step], "round {round} at {off}");
+        }
+    }
+    // Two READs of 32 MiB answered straight from the cache, which the client does not read
+    // yet: their replies stall and give their budget back (the blocks with it).
+    let hits = d.metric("hexzd_store_cache_hits_total");
+    let reads = [(100u64, 3 * MIB + 17), (101, 29 * MIB + 5)];
+    for (cookie, off) in reads {
+        c.send_read(cookie, off, 32 << 20);
+    }
+    let settled = d.wait(Duration::from_secs(30), |d| {
+        d.metric("hexzd_store_cache_hits_total") >= hits + 2
+            && d.metric("hexzd_buffer_memory_used_bytes") == 0
+    });
+    assert!(
+        settled,
+        "hits {} (were {hits}), budget used {}",
+        d.metric("hexzd_store_cache_hits_total"),
+        d.metric("hexzd_buffer_memory_used_bytes")
+    );
+    // Then the client reads: both replies whole and byte-exact, in either order.
+    for _ in 0..2 {
+        let (cookie, got) = c.read_reply(32 << 20);
+        let (_, off) = reads.iter().find(|r| r.0 == cookie).expect("a cookie sent");
+        let o = usize::try_from(*off).unwrap();
+        assert!(got == data[o..o + (32 << 20)], "reply {cookie}");
+    }
+    assert_eq!(d.metric("hexzd_nbd_send_timeouts_total"), 0);
+}

@@ -8,7 +8,9 @@
 //! Memory: each handler's READ buffer is a [`Buffer`] of the response budget, kept between
 //! requests up to [`RETAINED_BUFFER`] (a larger one for [`LARGE_BUFFER_GRACE`], unless others
 //! wait for budget) and given back entirely after [`HANDLER_IDLE`] without work; handlers beyond [`KEEP_HANDLERS`] then exit. A READ whose reply stalls gives its
-//! buffer back and reads the data again when the client reads again (`reply.rs`).
+//! buffer back and reads the data again when the client reads again (`reply.rs`). A READ whose
+//! blocks are all cached is written straight from the cache (`Snapshot::read_cached`) under a
+//! permit of the same budget, which it gives back on a stall like a buffer.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -20,7 +22,7 @@ use super::proto::*;
 use super::reply::{Claim, ReadSent, ReplyWriter, Sink};
 use super::transmission::{Command, Refusal};
 use crate::serving::{Budget, Buffer, Draining, ProtoMetrics};
-use crate::store::{Extent, ExtentKind, StoreError};
+use crate::store::{Extent, ExtentKind, Segment, StoreError};
 
 /// A handler's read buffer is kept between requests up to this size (the kernel's largest usual
 /// request is 1.25 MiB; nbdcopy's 256 KiB); larger ones are freed after use.
@@ -295,7 +297,24 @@ impl<'a, W: Sink> Conn<'a, W> {
         // A READ whose reply stalls gives its buffer back and comes round again: the data is
         // read again and the reply continues after the bytes already on the wire.
         let mut resume: Option<(Claim<'_, W>, usize)> = None;
+        let mut segments: Vec<Segment> = Vec::new();
         loop {
+            // A range whose blocks are all cached (and which has no holes to send as such)
+            // goes out straight from the cache, without the copy into `buf`; its bytes are
+            // backed by a permit of the budget while they are written, like a buffer.
+            if holes.is_none() {
+                if let Some(sent) =
+                    self.send_cached(cookie, offset, length, &mut resume, &mut segments)
+                {
+                    match self.settle(sent, length, buf) {
+                        Some(r) => {
+                            resume = r;
+                            continue;
+                        }
+                        None => return,
+                    }
+                }
+            }
             if buf
                 .ensure(self.memory, len, len, self.send_timeout)
                 .is_none()
@@ -353,23 +372,84 @@ impl<'a, W: Sink> Conn<'a, W> {
                 _ if s.structured => vec![&data_head, data],
                 _ => vec![&simple_head, data],
             };
-            match self.out.send_read(&parts, resume.take()) {
-                ReadSent::Done => {
-                    ProtoMetrics::add(&self.metrics.bytes_sent, u64::from(length));
-                    return;
+            let sent = self.out.send_read(&parts, resume.take());
+            match self.settle(sent, length, buf) {
+                Some(r) => resume = r,
+                None => return,
+            }
+        }
+    }
+
+    /// Sends a READ reply of one data payload straight from the block cache, if every block
+    /// of the range is cached and the budget has room for it at once (a READ never waits for
+    /// budget here: it takes the buffered path, which queues). `None` if it could not; the
+    /// caller then reads into its buffer, and `resume` (a reply already partly written) is
+    /// left for it: it is taken only when this reply is attempted.
+    fn send_cached<'s>(
+        &'s self,
+        cookie: u64,
+        offset: u64,
+        length: u32,
+        resume: &mut Option<(Claim<'s, W>, usize)>,
+        segments: &mut Vec<Segment>,
+    ) -> Option<ReadSent<'s, W>> {
+        let s = self.session;
+        let _permit = self.memory.try_acquire(u64::from(length))?;
+        if !s
+            .snapshot
+            .snapshot
+            .read_cached(s.stream, offset, length as usize, segments)
+        {
+            return None;
+        }
+        if resume.is_none() {
+            self.count();
+        }
+        let simple_head = simple_reply(0, cookie);
+        let data_head = offset_data_header(NBD_REPLY_FLAG_DONE, cookie, offset, length);
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(segments.len() + 1);
+        parts.push(if s.structured {
+            &data_head
+        } else {
+            &simple_head
+        });
+        for seg in segments.iter() {
+            seg.slices(&mut parts);
+        }
+        let sent = self.out.send_read(&parts, resume.take());
+        drop(parts);
+        // The blocks are not held past the write (nor across a stall).
+        segments.clear();
+        Some(sent)
+    }
+
+    /// What a READ does after one attempt to send its reply: `None` when it is finished
+    /// (sent, or the connection is broken), `Some(resume)` to read the data again and go on
+    /// after the bytes already written, once the client reads again. The buffer is given back
+    /// while the client does not read.
+    fn settle<'s>(
+        &'s self,
+        sent: ReadSent<'s, W>,
+        length: u32,
+        buf: &mut Buffer<'a>,
+    ) -> Option<Option<(Claim<'s, W>, usize)>> {
+        match sent {
+            ReadSent::Done => {
+                ProtoMetrics::add(&self.metrics.bytes_sent, u64::from(length));
+                None
+            }
+            ReadSent::Broken => None,
+            ReadSent::SinkStalled => {
+                buf.release();
+                self.out.wait_unstalled();
+                Some(None)
+            }
+            ReadSent::Stalled { mut claim, written } => {
+                buf.release();
+                if !claim.wait() {
+                    return None;
                 }
-                ReadSent::Broken => return,
-                ReadSent::SinkStalled => {
-                    buf.release();
-                    self.out.wait_unstalled();
-                }
-                ReadSent::Stalled { mut claim, written } => {
-                    buf.release();
-                    if !claim.wait() {
-                        return;
-                    }
-                    resume = Some((claim, written));
-                }
+                Some(Some((claim, written)))
             }
         }
     }

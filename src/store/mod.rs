@@ -26,7 +26,7 @@ pub use archive::{Archive, Page};
 pub use chain::ParentRef;
 pub use engine::{Engine, EngineConfig, StoreMetrics};
 pub use remote::{CHUNK as CHUNK_BYTES, Location, LocationError, RemoteConfig, RemoteError};
-pub use snapshot::{Extent, ExtentKind, OpenOptions, Snapshot};
+pub use snapshot::{Extent, ExtentKind, OpenOptions, Segment, Snapshot};
 pub use verify::{BadBlock, VerifyReport};
 
 /// Why one block could not be served. Carried inside [`StoreError::Block`].

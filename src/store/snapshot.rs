@@ -12,6 +12,10 @@ use super::engine::{BlockKey, Engine, EngineConfig, StoreMetrics};
 use super::{BlockFault, StoreError, Stream};
 use crate::format::{BlockInfo, BlockKind, MAX_BLOCK_LEN};
 
+mod hot;
+
+pub use hot::Segment;
+
 /// Options for [`Snapshot::open_with`].
 #[derive(Clone, Default)]
 pub struct OpenOptions {
