@@ -1,16 +1,17 @@
 //! Running valid requests against the store and sending their replies: the per-connection
-//! state the reader and the handler threads share ([`Conn`]), READ (simple or structured, with
-//! holes), BLOCK_STATUS, CACHE, and the one mapping from a failure to an NBD error.
+//! state the reader and the handler threads share ([`Conn`]), BLOCK_STATUS, CACHE, and the one
+//! mapping from a failure to an NBD error. READ is in `execute/read.rs`.
 //!
 //! Every request reaching this file has passed `transmission::validate`; store calls here can
 //! only fail for reasons of the archive (I/O, corruption), which become EIO and a warning.
 //!
 //! Memory: each handler's READ buffer is a [`Buffer`] of the response budget, kept between
 //! requests up to [`RETAINED_BUFFER`] (a larger one for [`LARGE_BUFFER_GRACE`], unless others
-//! wait for budget) and given back entirely after [`HANDLER_IDLE`] without work; handlers beyond [`KEEP_HANDLERS`] then exit. A READ whose reply stalls gives its
-//! buffer back and reads the data again when the client reads again (`reply.rs`). A READ whose
-//! blocks are all cached is written straight from the cache (`Snapshot::read_cached`) under a
-//! permit of the same budget, which it gives back on a stall like a buffer.
+//! wait for budget) and given back entirely after [`HANDLER_IDLE`] without work; handlers
+//! beyond [`KEEP_HANDLERS`] then exit. A READ whose reply stalls gives its buffer back and
+//! reads the data again when the client reads again (`reply.rs`). A READ whose blocks are all
+//! cached is written straight from the cache (`Snapshot::read_cached`) under a permit of the
+//! same budget, which it gives back on a stall like a buffer.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -19,10 +20,12 @@ use super::handshake::Session;
 pub use super::in_flight::BYTES_IN_FLIGHT;
 use super::in_flight::InFlight;
 use super::proto::*;
-use super::reply::{Claim, ReadSent, ReplyWriter, Sink};
+use super::reply::{ReplyWriter, Sink};
 use super::transmission::{Command, Refusal};
+
+mod read;
 use crate::serving::{Budget, Buffer, Draining, ProtoMetrics};
-use crate::store::{Extent, ExtentKind, Segment, StoreError};
+use crate::store::{ExtentKind, StoreError};
 
 /// A handler's read buffer is kept between requests up to this size (the kernel's largest usual
 /// request is 1.25 MiB; nbdcopy's 256 KiB); larger ones are freed after use.
@@ -259,201 +262,6 @@ impl<'a, W: Sink> Conn<'a, W> {
         ProtoMetrics::add(&self.metrics.read_errors, 1);
     }
 
-    fn read(&self, cookie: u64, offset: u64, length: u32, df: bool, buf: &mut Buffer<'a>) {
-        let s = self.session;
-        let len = length as usize;
-        if len == 0 {
-            self.count();
-            if s.structured {
-                self.out.send(&[&none_chunk(cookie)]);
-            } else {
-                self.out.send(&[&simple_reply(0, cookie)]);
-            }
-            return;
-        }
-        // Zero extents become holes in a structured reply (unless DF); a READ that is all hole
-        // needs no data at all.
-        let holes = if s.structured && !df {
-            s.snapshot
-                .snapshot
-                .extents(s.stream, offset, u64::from(length))
-                .ok()
-                .filter(|x| x.iter().any(|e| e.kind == ExtentKind::Zero))
-        } else {
-            None
-        };
-        if let Some(x) = &holes {
-            if x.len() == 1 {
-                self.count();
-                self.out.send(&[&offset_hole_chunk(
-                    NBD_REPLY_FLAG_DONE,
-                    cookie,
-                    offset,
-                    length,
-                )]);
-                return;
-            }
-        }
-        // A READ whose reply stalls gives its buffer back and comes round again: the data is
-        // read again and the reply continues after the bytes already on the wire.
-        let mut resume: Option<(Claim<'_, W>, usize)> = None;
-        let mut segments: Vec<Segment> = Vec::new();
-        loop {
-            // A range whose blocks are all cached (and which has no holes to send as such)
-            // goes out straight from the cache, without the copy into `buf`; its bytes are
-            // backed by a permit of the budget while they are written, like a buffer.
-            if holes.is_none() {
-                if let Some(sent) =
-                    self.send_cached(cookie, offset, length, &mut resume, &mut segments)
-                {
-                    match self.settle(sent, length, buf) {
-                        Some(r) => {
-                            resume = r;
-                            continue;
-                        }
-                        None => return,
-                    }
-                }
-            }
-            if buf
-                .ensure(self.memory, len, len, self.send_timeout)
-                .is_none()
-            {
-                match resume {
-                    Some((claim, _)) => {
-                        claim.abandon("no reply buffer memory within the send timeout");
-                    }
-                    None => self.reply_error(
-                        NBD_CMD_READ,
-                        cookie,
-                        NBD_EIO,
-                        "the server is out of reply buffer memory",
-                    ),
-                }
-                return;
-            }
-            let data = &mut buf.bytes_mut()[..len];
-            let failure = match s.snapshot.snapshot.read_at(s.stream, offset, data) {
-                Ok(n) if n == len => None,
-                Ok(n) => {
-                    // Validation checked the range against the size of an immutable snapshot.
-                    log::error!(
-                        "nbd {}: short read of {n} bytes at {offset}+{len} of export {:?}",
-                        self.peer,
-                        s.export_name
-                    );
-                    Some("short read")
-                }
-                Err(e) => {
-                    self.read_failed("READ", offset, u64::from(length), &e);
-                    Some("the archive data for this range is unreadable or corrupt")
-                }
-            };
-            if let Some(why) = failure {
-                match resume {
-                    // Part of the reply is on the wire: it cannot become an error any more.
-                    Some((claim, _)) => claim.abandon(why),
-                    None => self.reply_error(NBD_CMD_READ, cookie, NBD_EIO, why),
-                }
-                return;
-            }
-            if resume.is_none() {
-                self.count();
-            }
-            let data = &buf.bytes_mut()[..len];
-            let simple_head = simple_reply(0, cookie);
-            let data_head = offset_data_header(NBD_REPLY_FLAG_DONE, cookie, offset, length);
-            let heads = holes.as_ref().map(|x| chunk_heads(cookie, x));
-            let parts: Vec<&[u8]> = match (&holes, &heads) {
-                (Some(extents), Some(heads)) => match chunk_parts(heads, offset, data, extents) {
-                    Some(p) => p,
-                    None => return,
-                },
-                _ if s.structured => vec![&data_head, data],
-                _ => vec![&simple_head, data],
-            };
-            let sent = self.out.send_read(&parts, resume.take());
-            match self.settle(sent, length, buf) {
-                Some(r) => resume = r,
-                None => return,
-            }
-        }
-    }
-
-    /// Sends a READ reply of one data payload straight from the block cache, if every block
-    /// of the range is cached and the budget has room for it at once (a READ never waits for
-    /// budget here: it takes the buffered path, which queues). `None` if it could not; the
-    /// caller then reads into its buffer, and `resume` (a reply already partly written) is
-    /// left for it: it is taken only when this reply is attempted.
-    fn send_cached<'s>(
-        &'s self,
-        cookie: u64,
-        offset: u64,
-        length: u32,
-        resume: &mut Option<(Claim<'s, W>, usize)>,
-        segments: &mut Vec<Segment>,
-    ) -> Option<ReadSent<'s, W>> {
-        let s = self.session;
-        let _permit = self.memory.try_acquire(u64::from(length))?;
-        if !s
-            .snapshot
-            .snapshot
-            .read_cached(s.stream, offset, length as usize, segments)
-        {
-            return None;
-        }
-        if resume.is_none() {
-            self.count();
-        }
-        let simple_head = simple_reply(0, cookie);
-        let data_head = offset_data_header(NBD_REPLY_FLAG_DONE, cookie, offset, length);
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(segments.len() + 1);
-        parts.push(if s.structured {
-            &data_head
-        } else {
-            &simple_head
-        });
-        for seg in segments.iter() {
-            seg.slices(&mut parts);
-        }
-        let sent = self.out.send_read(&parts, resume.take());
-        drop(parts);
-        // The blocks are not held past the write (nor across a stall).
-        segments.clear();
-        Some(sent)
-    }
-
-    /// What a READ does after one attempt to send its reply: `None` when it is finished
-    /// (sent, or the connection is broken), `Some(resume)` to read the data again and go on
-    /// after the bytes already written, once the client reads again. The buffer is given back
-    /// while the client does not read.
-    fn settle<'s>(
-        &'s self,
-        sent: ReadSent<'s, W>,
-        length: u32,
-        buf: &mut Buffer<'a>,
-    ) -> Option<Option<(Claim<'s, W>, usize)>> {
-        match sent {
-            ReadSent::Done => {
-                ProtoMetrics::add(&self.metrics.bytes_sent, u64::from(length));
-                None
-            }
-            ReadSent::Broken => None,
-            ReadSent::SinkStalled => {
-                buf.release();
-                self.out.wait_unstalled();
-                Some(None)
-            }
-            ReadSent::Stalled { mut claim, written } => {
-                buf.release();
-                if !claim.wait() {
-                    return None;
-                }
-                Some(Some((claim, written)))
-            }
-        }
-    }
-
     fn block_status(&self, cookie: u64, offset: u64, length: u32, req_one: bool, context: u32) {
         let s = self.session;
         let len = u64::from(length).min(MAX_STATUS_BYTES);
@@ -487,52 +295,4 @@ impl<'a, W: Sink> Conn<'a, W> {
         self.out
             .send(&[&block_status_chunk(cookie, context, &wire)]);
     }
-}
-
-/// The chunk headers of a READ sent as OFFSET_DATA and OFFSET_HOLE chunks following
-/// `extents`, DONE on the last (an OFFSET_DATA header is the first 28 bytes).
-fn chunk_heads(cookie: u64, extents: &[Extent]) -> Vec<[u8; 32]> {
-    let mut heads: Vec<[u8; 32]> = Vec::with_capacity(extents.len());
-    for (i, e) in extents.iter().enumerate() {
-        let flags = if i + 1 == extents.len() {
-            NBD_REPLY_FLAG_DONE
-        } else {
-            0
-        };
-        // Extents lie inside a READ of at most 32 MiB, so their lengths fit a u32.
-        let len = u32::try_from(e.length).unwrap_or(u32::MAX);
-        heads.push(match e.kind {
-            ExtentKind::Zero => offset_hole_chunk(flags, cookie, e.offset, len),
-            ExtentKind::Data => {
-                let mut h = [0u8; 32];
-                h[..28].copy_from_slice(&offset_data_header(flags, cookie, e.offset, len));
-                h
-            }
-        });
-    }
-    heads
-}
-
-/// The parts of a chunked READ reply: each hole's chunk, each data chunk's header and its
-/// slice of `data` (which starts at stream offset `offset`). `None` if an extent lies outside
-/// `data` (cannot happen for extents of the same range).
-fn chunk_parts<'p>(
-    heads: &'p [[u8; 32]],
-    offset: u64,
-    data: &'p [u8],
-    extents: &[Extent],
-) -> Option<Vec<&'p [u8]>> {
-    let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * extents.len());
-    for (e, h) in extents.iter().zip(heads) {
-        match e.kind {
-            ExtentKind::Zero => parts.push(h),
-            ExtentKind::Data => {
-                let start = usize::try_from(e.offset - offset).unwrap_or(usize::MAX);
-                let end = start.saturating_add(usize::try_from(e.length).unwrap_or(0));
-                parts.push(&h[..28]);
-                parts.push(data.get(start..end)?);
-            }
-        }
-    }
-    Some(parts)
 }
