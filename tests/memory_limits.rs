@@ -351,3 +351,54 @@ fn a_nbd_read_sent_from_the_cache_gives_its_memory_back_on_a_stall_and_resumes_b
     }
     assert_eq!(d.metric("hexzd_nbd_send_timeouts_total"), 0);
 }
+
+#[test]
+fn an_http_body_sent_from_the_cache_gives_its_memory_back_on_a_stall_and_resumes_byte_exact() {
+    let _t = turn();
+    let (archive, data) = http_support::cached_archive("memory", STREAM, 5);
+    let d = Daemon::start(&archive, "[limits]\nsend_timeout = \"30s\"\n");
+    // Twice over the stream: a block enters the cache on its second miss.
+    for _ in 0..2 {
+        assert!(http_get(d.http, "/disk", None).1 == data);
+    }
+    // A 30 MiB range answered from the cache, which the client does not read yet: the body
+    // stalls and gives its budget back (the blocks with it).
+    let hits = d.metric("hexzd_store_cache_hits_total");
+    let (first, last) = (3 * MIB + 17, 33 * MIB + 4);
+    let mut s = TcpStream::connect(d.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let request = format!(
+        "GET /disk HTTP/1.1\r\nHost: t\r\nRange: bytes={first}-{last}\r\nConnection: close\r\n\r\n"
+    );
+    std::io::Write::write_all(&mut s, request.as_bytes()).unwrap();
+    let settled = d.wait(Duration::from_secs(30), |d| {
+        d.metric("hexzd_store_cache_hits_total") > hits
+            && d.metric("hexzd_buffer_memory_used_bytes") == 0
+    });
+    assert!(
+        settled,
+        "hits {} (were {hits}), budget used {}",
+        d.metric("hexzd_store_cache_hits_total"),
+        d.metric("hexzd_buffer_memory_used_bytes")
+    );
+    // Then the client reads: the whole range, byte-exact.
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let end = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    assert_eq!(&all[9..12], b"206");
+    let (f, l) = (
+        usize::try_from(first).unwrap(),
+        usize::try_from(last).unwrap(),
+    );
+    let body = &all[end + 4..];
+    let want = &data[f..=l];
+    let diff = body.iter().zip(want).position(|(a, b)| a != b);
+    assert!(
+        body == want,
+        "body {} bytes, expected {}; first difference at {diff:?}; head {:?}",
+        body.len(),
+        want.len(),
+        String::from_utf8_lossy(&all[..end])
+    );
+    assert_eq!(d.metric("hexzd_http_send_timeouts_total"), 0);
+}

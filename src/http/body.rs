@@ -5,6 +5,10 @@
 //! read error in it is still a clean 500; an error after the head means the connection must
 //! close, never a short body on a kept-alive connection.
 //!
+//! A chunk that lies in one stream range whose blocks are all cached is written straight from
+//! the cache ([`Sending::cached`], `Snapshot::read_cached`) without the copy into the buffer,
+//! under a permit of the budget for its length, given back after the write or on a stall.
+//!
 //! Memory: the buffer is a [`Buffer`] of the response budget. When the client stops reading
 //! (a write makes no progress for a stall tick) the buffer is given back at once, and the body
 //! is produced again from where the socket stopped once the client reads again: a body is a
@@ -16,7 +20,7 @@ use std::time::Duration;
 use super::response::{Piece, Plan};
 use crate::serving::conn::{self, WaitWritable, Wrote};
 use crate::serving::{Budget, Buffer};
-use crate::store::StoreError;
+use crate::store::{Segment, StoreError};
 
 /// Largest body buffer per connection: bodies are produced in chunks of at most this size.
 pub const MAX_CHUNK: usize = 1 << 20;
@@ -41,6 +45,10 @@ pub(super) enum SendError {
 /// Fills a buffer with stream bytes from an offset; the whole buffer or an error.
 pub(super) type ReadAt<'a> = dyn FnMut(u64, &mut [u8]) -> Result<(), StoreError> + 'a;
 
+/// Answers `len` stream bytes from an offset from the block cache, as segments, or says it
+/// cannot (then the bytes are read into the buffer).
+pub(super) type Cached<'a> = dyn FnMut(u64, usize, &mut Vec<Segment>) -> bool + 'a;
+
 /// Where a body's buffers come from and how long a client may stall it.
 pub(super) struct Sending<'b, 'c> {
     /// The response budget.
@@ -49,6 +57,9 @@ pub(super) struct Sending<'b, 'c> {
     pub buf: &'c mut Buffer<'b>,
     /// Time without progress (writing, or waiting for buffer memory) before giving up.
     pub send_timeout: Duration,
+    /// Where chunks come from without a copy when their blocks are cached (`None`: always
+    /// through the buffer).
+    pub cached: Option<&'c mut Cached<'c>>,
 }
 
 /// Writes `head` and the body described by `plan` to `w`, reading stream bytes with `read`
@@ -71,10 +82,39 @@ pub(super) fn send<W: Write + WaitWritable>(
             .map_err(SendError::Io)?;
         return Ok(0);
     }
+    let mut cached = s.cached;
+    let mut segments: Vec<Segment> = Vec::new();
     while pos < plan.len {
         let want = usize::try_from(plan.len - pos)
             .unwrap_or(MAX_CHUNK)
             .min(MAX_CHUNK);
+        if let Some(c) = cached.as_mut() {
+            let chunk = Chunk {
+                head: &head[head_sent..],
+                pos,
+                want,
+            };
+            match send_cached(w, chunk, plan, s.budget, s.send_timeout, c, &mut segments) {
+                Some(Ok((Wrote::All, body))) => {
+                    head_sent = head.len();
+                    pos += body;
+                    if let (Some(p), Some((off, left))) = (prefetch.as_mut(), span(plan, pos)) {
+                        p(off, left.min(MAX_CHUNK as u64));
+                    }
+                    continue;
+                }
+                Some(Ok((Wrote::Stalled { written }, _))) => {
+                    let h = written.min(head.len() - head_sent);
+                    head_sent += h;
+                    pos += (written - h) as u64;
+                    s.buf.release();
+                    conn::wait_after_stall(w, s.send_timeout).map_err(SendError::Io)?;
+                    continue;
+                }
+                Some(Err(e)) => return Err(SendError::Io(e)),
+                None => {}
+            }
+        }
         let Some(granted) = s
             .buf
             .ensure(s.budget, want, MIN_CHUNK.min(want), s.send_timeout)
@@ -119,6 +159,67 @@ pub(super) fn send<W: Write + WaitWritable>(
     // records): they must be on their way before the response counts as sent.
     conn::write_all_timed(w, &mut [], s.send_timeout).map_err(SendError::Io)?;
     Ok(pos)
+}
+
+/// The next write of a body: what is left of the head, the body position, and the most
+/// body bytes to send.
+struct Chunk<'h> {
+    head: &'h [u8],
+    pos: u64,
+    want: usize,
+}
+
+/// Writes the rest of the head and up to `chunk.want` body bytes straight from the block
+/// cache, when they lie in one stream range whose blocks are all cached and the budget has
+/// room for them at once (a chunk never waits for budget here: the buffered path queues).
+/// `None` if not; otherwise the write's outcome and the body bytes it was given. The
+/// segments, and the permit that accounts for them, are let go before this returns.
+fn send_cached<W: Write>(
+    w: &mut W,
+    chunk: Chunk<'_>,
+    plan: &Plan,
+    budget: &Budget,
+    send_timeout: Duration,
+    cached: &mut Cached<'_>,
+    segments: &mut Vec<Segment>,
+) -> Option<io::Result<(Wrote, u64)>> {
+    let (off, left) = span(plan, chunk.pos)?;
+    let n = usize::try_from(left).unwrap_or(usize::MAX).min(chunk.want);
+    let _permit = budget.try_acquire(n as u64)?;
+    if !cached(off, n, segments) {
+        return None;
+    }
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(segments.len() + 1);
+    parts.push(chunk.head);
+    for seg in segments.iter() {
+        seg.slices(&mut parts);
+    }
+    let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    let wrote = conn::write_or_stall(w, &mut slices, conn::stall_tick(send_timeout));
+    drop(slices);
+    drop(parts);
+    segments.clear();
+    Some(wrote.map(|r| (r, n as u64)))
+}
+
+/// The stream range body position `pos` lies in: the stream offset there and the bytes
+/// left of that range; `None` if `pos` lies in a text piece (a multipart boundary).
+fn span(plan: &Plan, pos: u64) -> Option<(u64, u64)> {
+    let mut at = 0u64;
+    for piece in &plan.pieces {
+        let len = match piece {
+            Piece::Text(t) => t.len() as u64,
+            Piece::Data(r) => r.len(),
+        };
+        if pos < at + len {
+            return match piece {
+                Piece::Data(r) => Some((r.first + (pos - at), len - (pos - at))),
+                Piece::Text(_) => None,
+            };
+        }
+        at += len;
+    }
+    None
 }
 
 /// Fills `dst` with the body bytes of `plan` from body position `pos`. Returns where the

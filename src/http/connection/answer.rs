@@ -14,7 +14,7 @@ use crate::http::handler::{self, Body, Response};
 use crate::http::request::{Body as RequestBody, Expect, Request};
 use crate::http::response::{Connection as ConnHeader, Plan};
 use crate::serving::ProtoMetrics;
-use crate::store::{Snapshot, StoreError};
+use crate::store::{Segment, Snapshot, StoreError};
 
 /// How a response went out.
 struct Sent {
@@ -235,10 +235,14 @@ impl Connection<'_> {
             } else {
                 None
             };
+        let mut cached = |off: u64, len: usize, out: &mut Vec<Segment>| {
+            snapshot.read_cached(stream, off, len, out)
+        };
         let sending = body::Sending {
             budget: &self.svc.metrics.budget,
             buf: &mut self.body,
             send_timeout: self.svc.settings.send_timeout,
+            cached: Some(&mut cached),
         };
         let sent = body::send(&mut self.conn, sending, head, plan, &mut read, prefetch)?;
         self.count_bytes(sent);
