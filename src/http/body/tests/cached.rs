@@ -1,0 +1,137 @@
+//! Chunks written straight from the block cache: exact, resumed after a stall, falling back
+//! to the buffer, never waiting for budget.
+
+use super::*;
+
+/// A cache that holds every stream byte (as the pattern), in blocks of `block` bytes, and
+/// counts its answers; `None` for blocks it says it does not hold.
+fn pattern_cache(
+    block: u64,
+    calls: &mut usize,
+) -> impl FnMut(u64, usize, &mut Vec<Segment>) -> bool + '_ {
+    move |off, len, out| {
+        *calls += 1;
+        out.clear();
+        let mut at = off;
+        let end = off + len as u64;
+        while at < end {
+            let start = at - at % block;
+            let mut data = vec![0u8; usize::try_from(block).unwrap_or(0)];
+            let _ = pattern(start, &mut data);
+            let skip = usize::try_from(at - start).unwrap_or(0);
+            let n = usize::try_from((start + block).min(end) - at).unwrap_or(0);
+            out.push(Segment::Block {
+                data: std::sync::Arc::new(data),
+                start: skip,
+                len: n,
+            });
+            at += n as u64;
+        }
+        true
+    }
+}
+
+#[test]
+fn cached_chunks_are_exact_resume_after_a_stall_and_give_their_budget_back() {
+    let budget = Budget::new(1 << 30);
+    // Multipart: a chunk that starts in a text piece goes through the buffer (with the data
+    // after it), one that starts in a range comes from the cache.
+    let plan = multipart(&[range(0, 99), range(2_000_000, 3_500_000)], 4_000_000, "B")
+        .unwrap_or_else(Plan::empty);
+    let mut full = Calls(Vec::new(), Vec::new());
+    let _ = run(
+        &mut full,
+        &budget,
+        &mut Vec::new(),
+        b"HEAD".to_vec(),
+        &plan,
+        &mut pattern,
+        None,
+    );
+    for first in [2, 500, MAX_CHUNK + 77] {
+        let mut w = StallOnce {
+            out: Vec::new(),
+            first,
+            stalled: false,
+        };
+        let mut calls = 0;
+        let mut cache = pattern_cache(65_536, &mut calls);
+        let mut b = Buffer::new();
+        let sent = send(
+            &mut w,
+            Sending {
+                budget: &budget,
+                buf: &mut b,
+                send_timeout: T,
+                cached: Some(&mut cache),
+            },
+            b"HEAD".to_vec(),
+            &plan,
+            &mut pattern,
+            None,
+        );
+        assert_eq!(sent.ok(), Some(plan.len), "stall after {first}");
+        assert!(w.out == full.0, "resumed after {first} bytes");
+        assert!(w.stalled);
+        // Only the connection's own buffer (kept for the next response) holds budget.
+        assert_eq!(budget.used(), b.len() as u64);
+        drop(cache);
+        assert!(calls >= 1, "{calls} answers from the cache");
+    }
+}
+
+#[test]
+fn a_chunk_the_cache_does_not_hold_goes_through_the_buffer() {
+    let budget = Budget::new(1 << 30);
+    let plan = Plan::data(range(10, 3_000_000));
+    let mut calls = 0;
+    let mut cache = |_: u64, _: usize, _: &mut Vec<Segment>| {
+        calls += 1;
+        false
+    };
+    let mut w = Calls(Vec::new(), Vec::new());
+    let mut b = Buffer::new();
+    let sent = send(
+        &mut w,
+        Sending {
+            budget: &budget,
+            buf: &mut b,
+            send_timeout: T,
+            cached: Some(&mut cache),
+        },
+        Vec::new(),
+        &plan,
+        &mut pattern,
+        None,
+    );
+    assert_eq!(sent.ok(), Some(plan.len));
+    assert!(w.0 == expected(10, 3_000_000));
+    assert_eq!(calls, 3, "asked once per chunk");
+}
+
+#[test]
+fn a_cached_chunk_never_waits_for_budget() {
+    // All of the budget is taken: the cached path does not wait for it, the buffered path
+    // is busy.
+    let budget = Budget::new(1 << 20);
+    let _all = budget.acquire(1 << 20, 1 << 20, T);
+    let mut calls = 0;
+    let mut cache = pattern_cache(4096, &mut calls);
+    let mut b = Buffer::new();
+    let r = send(
+        &mut Calls(Vec::new(), Vec::new()),
+        Sending {
+            budget: &budget,
+            buf: &mut b,
+            send_timeout: Duration::from_millis(10),
+            cached: Some(&mut cache),
+        },
+        b"H".to_vec(),
+        &Plan::data(range(0, 99)),
+        &mut pattern,
+        None,
+    );
+    assert!(matches!(r, Err(SendError::Busy)));
+    drop(cache);
+    assert_eq!(calls, 0);
+}
