@@ -493,12 +493,4 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn snapshot_is_send_and_sync() {
-        fn is<T: Send + Sync>() {}
-        is::<Snapshot>();
-    }
-}
+mod tests;
