@@ -242,7 +242,11 @@ impl Connection<'_> {
             budget: &self.svc.metrics.budget,
             buf: &mut self.body,
             send_timeout: self.svc.settings.send_timeout,
-            cached: Some(&mut cached),
+            cached: if snapshot.engine().config().cache_bytes > 0 {
+                Some(&mut cached)
+            } else {
+                None
+            },
         };
         let sent = body::send(&mut self.conn, sending, head, plan, &mut read, prefetch)?;
         self.count_bytes(sent);

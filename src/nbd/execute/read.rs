@@ -152,6 +152,9 @@ impl<'a, W: Sink> Conn<'a, W> {
         segments: &mut Vec<Segment>,
     ) -> Option<ReadSent<'s, W>> {
         let s = self.session;
+        if s.snapshot.snapshot.engine().config().cache_bytes == 0 {
+            return None;
+        }
         let _permit = self.memory.try_acquire(u64::from(length))?;
         if !s
             .snapshot

@@ -98,7 +98,10 @@ impl Snapshot {
         len: usize,
         out: &mut Vec<Segment>,
     ) -> bool {
-        if len == 0
+        let cache = &self.engine.blocks;
+        // Without a cache (`--cache 0`) nothing is cached: not even the plan is worth making.
+        if cache.capacity() == 0
+            || len == 0
             || offset
                 .checked_add(len as u64)
                 .is_none_or(|e| e > self.size(stream))
@@ -108,10 +111,6 @@ impl Snapshot {
         let Ok(pieces) = self.plan(stream, offset, len as u64) else {
             return false;
         };
-        let cache = &self.engine.blocks;
-        if cache.capacity() == 0 {
-            return false;
-        }
         let mut hits = 0u64;
         for piece in pieces {
             let (page, i, skip, n) = match piece {
