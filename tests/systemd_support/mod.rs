@@ -120,12 +120,23 @@ impl Daemon {
         assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
     }
 
-    /// Waits (bounded by `limit`) for the process to exit and returns its status.
+    /// Waits (bounded by `limit`) for the process to exit and returns its status, after
+    /// receiving the rest of its stderr (also bounded by `limit`): the reader thread reaches
+    /// the pipe's end after the exit, not with it, so `lines` right after the exit could miss
+    /// the last lines (seen once in CI: `daemon_attach` found no lines at all).
     pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
+                loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match self.lines.recv_timeout(left) {
+                        Ok(l) => self.seen.push((l, false)),
+                        // A child of the daemon may still hold the pipe: its lines are
+                        // not waited for past `limit`.
+                        Err(_) => return status,
+                    }
+                }
             }
             assert!(
                 Instant::now() < deadline,
