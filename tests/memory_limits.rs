@@ -310,11 +310,35 @@ fn a_client_at_its_cap_is_refused_and_another_client_is_not() {
     drop((nbd_held, unix));
 }
 
+/// A daemon serving the 64 MiB test stream (default config but a 30 s send timeout), and the
+/// stream's bytes.
+fn stream_daemon() -> (Daemon, Vec<u8>) {
+    let (archive, data) = http_support::cached_archive("memory", STREAM, 5);
+    (
+        Daemon::start(&archive, "[limits]\nsend_timeout = \"30s\"\n"),
+        data,
+    )
+}
+
+/// Waits until the cache has answered `hits` lookups in all and no response budget is in
+/// use: the replies answered from it have stalled and given their memory back.
+fn wait_stalled(d: &Daemon, hits: u64) {
+    let settled = d.wait(Duration::from_secs(30), |d| {
+        d.metric("hexzd_store_cache_hits_total") >= hits
+            && d.metric("hexzd_buffer_memory_used_bytes") == 0
+    });
+    assert!(
+        settled,
+        "hits {} (waiting for {hits}), budget used {}",
+        d.metric("hexzd_store_cache_hits_total"),
+        d.metric("hexzd_buffer_memory_used_bytes")
+    );
+}
+
 #[test]
 fn a_nbd_read_sent_from_the_cache_gives_its_memory_back_on_a_stall_and_resumes_byte_exact() {
     let _t = turn();
-    let (archive, data) = http_support::cached_archive("memory", STREAM, 5);
-    let d = Daemon::start(&archive, "[limits]\nsend_timeout = \"30s\"\n");
+    let (d, data) = stream_daemon();
     let mut c = nbd_handshake(TcpStream::connect(d.nbd).unwrap()).unwrap();
     // Twice over the stream: a block enters the cache on its second miss.
     let step = 8usize << 20;
@@ -332,16 +356,7 @@ fn a_nbd_read_sent_from_the_cache_gives_its_memory_back_on_a_stall_and_resumes_b
     for (cookie, off) in reads {
         c.send_read(cookie, off, 32 << 20);
     }
-    let settled = d.wait(Duration::from_secs(30), |d| {
-        d.metric("hexzd_store_cache_hits_total") >= hits + 2
-            && d.metric("hexzd_buffer_memory_used_bytes") == 0
-    });
-    assert!(
-        settled,
-        "hits {} (were {hits}), budget used {}",
-        d.metric("hexzd_store_cache_hits_total"),
-        d.metric("hexzd_buffer_memory_used_bytes")
-    );
+    wait_stalled(&d, hits + 2);
     // Then the client reads: both replies whole and byte-exact, in either order.
     for _ in 0..2 {
         let (cookie, got) = c.read_reply(32 << 20);
@@ -355,8 +370,7 @@ fn a_nbd_read_sent_from_the_cache_gives_its_memory_back_on_a_stall_and_resumes_b
 #[test]
 fn an_http_body_sent_from_the_cache_gives_its_memory_back_on_a_stall_and_resumes_byte_exact() {
     let _t = turn();
-    let (archive, data) = http_support::cached_archive("memory", STREAM, 5);
-    let d = Daemon::start(&archive, "[limits]\nsend_timeout = \"30s\"\n");
+    let (d, data) = stream_daemon();
     // Twice over the stream: a block enters the cache on its second miss.
     for _ in 0..2 {
         assert!(http_get(d.http, "/disk", None).1 == data);
@@ -371,16 +385,7 @@ fn an_http_body_sent_from_the_cache_gives_its_memory_back_on_a_stall_and_resumes
         "GET /disk HTTP/1.1\r\nHost: t\r\nRange: bytes={first}-{last}\r\nConnection: close\r\n\r\n"
     );
     std::io::Write::write_all(&mut s, request.as_bytes()).unwrap();
-    let settled = d.wait(Duration::from_secs(30), |d| {
-        d.metric("hexzd_store_cache_hits_total") > hits
-            && d.metric("hexzd_buffer_memory_used_bytes") == 0
-    });
-    assert!(
-        settled,
-        "hits {} (were {hits}), budget used {}",
-        d.metric("hexzd_store_cache_hits_total"),
-        d.metric("hexzd_buffer_memory_used_bytes")
-    );
+    wait_stalled(&d, hits + 1);
     // Then the client reads: the whole range, byte-exact.
     let mut all = Vec::new();
     s.read_to_end(&mut all).unwrap();

@@ -15,11 +15,7 @@ use hexzd::store::{Segment, Snapshot};
 
 /// The bytes of `segments`, concatenated.
 fn bytes(segments: &[Segment]) -> Vec<u8> {
-    let mut slices = Vec::new();
-    for s in segments {
-        s.slices(&mut slices);
-    }
-    slices.concat()
+    Segment::parts(&[], segments).concat()
 }
 
 /// Reads all of `stream` twice in 64 KiB pieces: a block enters the cache on its second miss.

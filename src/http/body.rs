@@ -189,11 +189,7 @@ fn send_cached<W: Write>(
     if !cached(off, n, segments) {
         return None;
     }
-    let mut parts: Vec<&[u8]> = Vec::with_capacity(segments.len() + 1);
-    parts.push(chunk.head);
-    for seg in segments.iter() {
-        seg.slices(&mut parts);
-    }
+    let parts = Segment::parts(chunk.head, segments);
     let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
     let wrote = conn::write_or_stall(w, &mut slices, conn::stall_tick(send_timeout));
     drop(slices);

@@ -168,15 +168,12 @@ impl<'a, W: Sink> Conn<'a, W> {
         }
         let simple_head = simple_reply(0, cookie);
         let data_head = offset_data_header(NBD_REPLY_FLAG_DONE, cookie, offset, length);
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(segments.len() + 1);
-        parts.push(if s.structured {
+        let head: &[u8] = if s.structured {
             &data_head
         } else {
             &simple_head
-        });
-        for seg in segments.iter() {
-            seg.slices(&mut parts);
-        }
+        };
+        let parts = Segment::parts(head, segments);
         let sent = self.out.send_read(&parts, resume.take());
         drop(parts);
         // The blocks are not held past the write (nor across a stall).

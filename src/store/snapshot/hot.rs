@@ -49,9 +49,20 @@ impl Segment {
         self.len() == 0
     }
 
+    /// `head` followed by the bytes of `segments`, as the slices of one vectored write (what
+    /// both front ends send: a reply or chunk header, then the data).
+    pub fn parts<'s>(head: &'s [u8], segments: &'s [Segment]) -> Vec<&'s [u8]> {
+        let mut parts = Vec::with_capacity(segments.len() + 1);
+        parts.push(head);
+        for seg in segments {
+            seg.slices(&mut parts);
+        }
+        parts
+    }
+
     /// Appends the segment's bytes to `out` as slices (a long run of zeros becomes several
     /// slices of one static zero buffer).
-    pub fn slices<'s>(&'s self, out: &mut Vec<&'s [u8]>) {
+    fn slices<'s>(&'s self, out: &mut Vec<&'s [u8]>) {
         match self {
             Segment::Block { data, start, len } => out.push(&data[*start..*start + *len]),
             Segment::Zeros(len) => {

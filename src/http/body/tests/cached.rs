@@ -4,7 +4,7 @@
 use super::*;
 
 /// A cache that holds every stream byte (as the pattern), in blocks of `block` bytes, and
-/// counts its answers; `None` for blocks it says it does not hold.
+/// counts its answers.
 fn pattern_cache(
     block: u64,
     calls: &mut usize,
@@ -31,6 +31,65 @@ fn pattern_cache(
     }
 }
 
+/// `send` of `plan` after `head` with `cache` as the cached source and a fresh connection
+/// buffer: the result, and how large that buffer grew (0: no byte went through it).
+fn send_via<W: Write + WaitWritable>(
+    w: &mut W,
+    budget: &Budget,
+    send_timeout: Duration,
+    mut cache: impl FnMut(u64, usize, &mut Vec<Segment>) -> bool,
+    head: &[u8],
+    plan: &Plan,
+    read: &mut ReadAt<'_>,
+) -> (Result<u64, SendError>, usize) {
+    let mut b = Buffer::new();
+    let sent = send(
+        w,
+        Sending {
+            budget,
+            buf: &mut b,
+            send_timeout,
+            cached: Some(&mut cache),
+        },
+        head.to_vec(),
+        plan,
+        read,
+        None,
+    );
+    (sent, b.len())
+}
+
+fn stall_once_after(first: usize) -> StallOnce {
+    StallOnce {
+        out: Vec::new(),
+        first,
+        stalled: false,
+    }
+}
+
+#[test]
+fn a_cached_body_never_touches_the_buffer_and_resumes_exactly_after_a_stall() {
+    let budget = Budget::new(1 << 30);
+    let plan = Plan::data(range(3, 3_000_000));
+    let mut want = b"HEAD".to_vec();
+    want.extend(expected(3, 3_000_000));
+    for first in [2, 500, MAX_CHUNK + 77] {
+        let mut w = stall_once_after(first);
+        let mut calls = 0;
+        let cache = pattern_cache(65_536, &mut calls);
+        // Reading into the buffer fails: every byte must come from the cache.
+        let (sent, buffer) = send_via(&mut w, &budget, T, cache, b"HEAD", &plan, &mut |_, _| {
+            Err(fault())
+        });
+        assert_eq!(sent.ok(), Some(plan.len), "stall after {first}");
+        assert!(w.out == want, "resumed after {first} bytes");
+        assert!(w.stalled);
+        assert_eq!(buffer, 0, "no body buffer");
+        assert_eq!(budget.used(), 0, "permits given back");
+        assert!(calls >= 3, "{calls} answers for three chunks");
+    }
+}
+
 #[test]
 fn cached_chunks_are_exact_resume_after_a_stall_and_give_their_budget_back() {
     let budget = Budget::new(1 << 30);
@@ -49,33 +108,14 @@ fn cached_chunks_are_exact_resume_after_a_stall_and_give_their_budget_back() {
         None,
     );
     for first in [2, 500, MAX_CHUNK + 77] {
-        let mut w = StallOnce {
-            out: Vec::new(),
-            first,
-            stalled: false,
-        };
+        let mut w = stall_once_after(first);
         let mut calls = 0;
-        let mut cache = pattern_cache(65_536, &mut calls);
-        let mut b = Buffer::new();
-        let sent = send(
-            &mut w,
-            Sending {
-                budget: &budget,
-                buf: &mut b,
-                send_timeout: T,
-                cached: Some(&mut cache),
-            },
-            b"HEAD".to_vec(),
-            &plan,
-            &mut pattern,
-            None,
-        );
+        let cache = pattern_cache(65_536, &mut calls);
+        let (sent, _) = send_via(&mut w, &budget, T, cache, b"HEAD", &plan, &mut pattern);
         assert_eq!(sent.ok(), Some(plan.len), "stall after {first}");
         assert!(w.out == full.0, "resumed after {first} bytes");
         assert!(w.stalled);
-        // Only the connection's own buffer (kept for the next response) holds budget.
-        assert_eq!(budget.used(), b.len() as u64);
-        drop(cache);
+        assert_eq!(budget.used(), 0);
         assert!(calls >= 1, "{calls} answers from the cache");
     }
 }
@@ -85,25 +125,12 @@ fn a_chunk_the_cache_does_not_hold_goes_through_the_buffer() {
     let budget = Budget::new(1 << 30);
     let plan = Plan::data(range(10, 3_000_000));
     let mut calls = 0;
-    let mut cache = |_: u64, _: usize, _: &mut Vec<Segment>| {
+    let cache = |_: u64, _: usize, _: &mut Vec<Segment>| {
         calls += 1;
         false
     };
     let mut w = Calls(Vec::new(), Vec::new());
-    let mut b = Buffer::new();
-    let sent = send(
-        &mut w,
-        Sending {
-            budget: &budget,
-            buf: &mut b,
-            send_timeout: T,
-            cached: Some(&mut cache),
-        },
-        Vec::new(),
-        &plan,
-        &mut pattern,
-        None,
-    );
+    let (sent, _) = send_via(&mut w, &budget, T, cache, &[], &plan, &mut pattern);
     assert_eq!(sent.ok(), Some(plan.len));
     assert!(w.0 == expected(10, 3_000_000));
     assert_eq!(calls, 3, "asked once per chunk");
@@ -116,22 +143,16 @@ fn a_cached_chunk_never_waits_for_budget() {
     let budget = Budget::new(1 << 20);
     let _all = budget.acquire(1 << 20, 1 << 20, T);
     let mut calls = 0;
-    let mut cache = pattern_cache(4096, &mut calls);
-    let mut b = Buffer::new();
-    let r = send(
+    let cache = pattern_cache(4096, &mut calls);
+    let (r, _) = send_via(
         &mut Calls(Vec::new(), Vec::new()),
-        Sending {
-            budget: &budget,
-            buf: &mut b,
-            send_timeout: Duration::from_millis(10),
-            cached: Some(&mut cache),
-        },
-        b"H".to_vec(),
+        &budget,
+        Duration::from_millis(10),
+        cache,
+        b"H",
         &Plan::data(range(0, 99)),
         &mut pattern,
-        None,
     );
     assert!(matches!(r, Err(SendError::Busy)));
-    drop(cache);
     assert_eq!(calls, 0);
 }
