@@ -10,6 +10,7 @@ pub mod draining;
 pub mod metrics;
 pub mod names;
 pub mod ratelog;
+pub mod watch;
 
 pub use budget::{Budget, Buffer, Permit};
 pub use catalog::{Catalog, CatalogError, CatalogHandle, NamedSnapshot};

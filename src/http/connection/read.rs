@@ -3,7 +3,6 @@
 //! plaintext connection.
 
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::Connection;
@@ -13,11 +12,6 @@ use crate::tls::sniff::{Hello, classify};
 
 /// First size of the receive buffer; most request heads are a few hundred bytes.
 const INITIAL_INBUF: usize = 4096;
-/// How long one connection's thread polls for the next request before it blocks (about a
-/// loopback round trip of a client that asks again at once); see `Connection::watch`.
-const WATCH: Duration = Duration::from_micros(20);
-/// Set while some connection's thread polls (one at a time, process-wide).
-static WATCHING: AtomicBool = AtomicBool::new(false);
 
 /// What the wait for the next request produced.
 pub(super) enum Next {
@@ -144,29 +138,10 @@ impl Connection<'_> {
         }
     }
 
-    /// Polls the socket for the next request for up to [`WATCH`] before the thread blocks in
-    /// `read`, if no other connection's thread is polling. A client that sends its next
-    /// request as soon as it has the response (wrk, a forensic tool reading range after
-    /// range) does so within a loopback round trip; the polling thread then takes it without
-    /// being put to sleep and woken, which on this 2-core VM cost more than answering a
-    /// cached 4 KiB range. `yield_now` between polls lets other runnable connection threads
-    /// go first. One thread at a time, so a slow client wastes at most one core's `WATCH`
-    /// per response. Measured with wrk, random 4 KiB ranges from the cache, same binary,
-    /// interleaved (`HEXZD_WATCH_US` experiment, 2026-11-29): 8 connections 70–79 k req/s
-    /// without, 86–95 k with 20 µs (50 µs: no better); 1 connection 13–15 k without, 19–37 k
-    /// with; 64 connections and 1 MiB ranges within noise.
+    /// Polls the socket for the next request for a few microseconds before the thread blocks
+    /// in `read` (`serving::watch`, where the measurements are).
     fn watch(&self) {
-        if WATCHING.swap(true, Ordering::Acquire) {
-            return;
-        }
-        let start = Instant::now();
-        while start.elapsed() < WATCH {
-            if self.conn.wait_readable(Duration::ZERO).unwrap_or(true) {
-                break;
-            }
-            std::thread::yield_now();
-        }
-        WATCHING.store(false, Ordering::Release);
+        crate::serving::watch::watch(|| self.conn.wait_readable(Duration::ZERO).unwrap_or(true));
     }
 
     /// Waits up to `wait` for the socket to become readable (or closed).
