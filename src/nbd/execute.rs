@@ -40,6 +40,10 @@ pub const HANDLER_IDLE: Duration = Duration::from_secs(2);
 /// How long one idle handler watches an empty job queue before it blocks (about a loopback
 /// round trip).
 const WATCH: Duration = Duration::from_micros(50);
+/// Largest READ the connection's reader answers itself from the cache ([`Conn::try_inline`]):
+/// nbdcopy's requests (256 KiB), and well below the time a larger write would keep the
+/// reader from the next requests.
+const INLINE_READ: usize = 256 * 1024;
 /// Handlers kept (without buffers) by an idle connection.
 pub const KEEP_HANDLERS: usize = 1;
 /// CACHE prefetches at most this much of a request (a prefetch larger than the block cache
@@ -86,6 +90,9 @@ pub(super) struct Conn<'a, W> {
     pub(super) handlers: AtomicUsize,
     /// A handler watches the empty job queue ([`Conn::watch`]).
     watching: AtomicBool,
+    /// Whether the reader may answer READs itself: the block cache is on and the export
+    /// reads no remote archive.
+    inline_reads: bool,
 }
 
 /// Releases a job's budget and in-flight count however the job ends (even by a panic).
@@ -117,6 +124,10 @@ impl<'a, W: Sink> Conn<'a, W> {
             in_flight: AtomicUsize::new(0),
             handlers: AtomicUsize::new(0),
             watching: AtomicBool::new(false),
+            inline_reads: {
+                let snap = &session.snapshot.snapshot;
+                snap.engine().config().cache_bytes > 0 && !snap.archive().any_remote()
+            },
         }
     }
 
@@ -196,7 +207,9 @@ impl<'a, W: Sink> Conn<'a, W> {
             return;
         }
         match job.command {
-            Command::Read { offset, length, df } => self.read(job.cookie, offset, length, df, buf),
+            Command::Read { offset, length, df } => {
+                self.read(job.cookie, offset, length, df, buf, false);
+            }
             // The other replies may wait for a stalled socket without a way to give memory
             // back: they hold none.
             Command::BlockStatus {
@@ -214,6 +227,41 @@ impl<'a, W: Sink> Conn<'a, W> {
             }
             Command::Disc | Command::Flush => {}
         }
+    }
+
+    /// Lets the connection's reader answer a READ itself when that needs no decoding (every
+    /// block of the range cached, or all of it a hole) and the reply is at most
+    /// [`INLINE_READ`]: handing such a READ to a handler costs a wake-up of that thread per
+    /// request, which is more than the READ. Returns the job when a handler must run it.
+    /// The caller has counted the job in flight (`dispatched`, `in_flight`) as for a handler.
+    ///
+    /// Under fio at queue depth 32 (4 KiB random reads from the cache), `perf` put 44 % of
+    /// hexzd's samples in handler threads being switched in and out and spinning for the next
+    /// job. Answered here, interleaved runs against the same cached image (2026-11-29):
+    /// 96-105 k IOPS (p99 0.67-0.84 ms, 12.8-14.1 us of CPU per READ) before, 111-127 k
+    /// (p99 0.31 ms, 9.7-11.1 us) after; nbdcopy 2.2-2.4 GB/s before, 2.9-3.0 after.
+    /// A reply that stalls holds up this connection's next requests, and only them: the
+    /// client is not reading its replies.
+    pub(super) fn try_inline(&self, job: Job, buf: &mut Buffer<'a>) -> Option<Job> {
+        let Command::Read { offset, length, df } = job.command else {
+            return Some(job);
+        };
+        // Remote archives may fetch index pages over the network even for a cached range;
+        // the reader must not wait for that.
+        // With the cache off (`--cache 0`) nothing is ever cached: no attempt.
+        if length as usize > INLINE_READ || self.out.is_broken() || !self.inline_reads {
+            return Some(job);
+        }
+        if !self.read(job.cookie, offset, length, df, buf, true) {
+            return Some(job);
+        }
+        // Answered: give back what the reader counted for it.
+        drop(JobGuard {
+            conn: self,
+            bytes: u64::from(length),
+        });
+        buf.shrink(RETAINED_BUFFER);
+        None
     }
 
     fn count(&self) {

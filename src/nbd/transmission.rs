@@ -4,7 +4,8 @@
 //! Threads of one connection: the connection thread reads and validates requests; READ,
 //! BLOCK_STATUS and CACHE go to up to [`MAX_HANDLERS`] handler threads (spawned on demand), which
 //! call the store and reply out of order (`execute.rs`); everything else is answered by the
-//! reader at once. Replies go through one `ReplyWriter`, which writes each reply whole
+//! reader at once, and so is a READ of at most 256 KiB whose blocks are all cached (or that
+//! is all hole): handing it over would cost more than answering it (`Conn::try_inline`). Replies go through one `ReplyWriter`, which writes each reply whole
 //! (`reply.rs`). A READ is read completely before its header is sent (nbd.md §8 pitfall 9).
 //! Memory: the reader waits before dispatching a READ that would put more than
 //! [`BYTES_IN_FLIGHT`] in flight on the connection; READ buffers come from the process's
@@ -18,6 +19,7 @@ pub use super::execute::{HANDLER_IDLE, KEEP_HANDLERS, RETAINED_BUFFER, Shared};
 use super::handshake::{BLOCK_SIZE_MAX, Session};
 use super::proto::*;
 use super::reply::Sink;
+use crate::serving::watch::{ReadableNow, watch};
 use crate::serving::{Buffer, is_disconnect};
 
 /// Most handler threads per connection. With reads of a few blocks each, this keeps every
@@ -269,7 +271,7 @@ fn drain<R: Read>(r: &mut R, len: u32) -> Result<(), TransmissionError> {
 /// Serves requests until DISC, EOF, the idle timeout, `draining` or an error; returns after
 /// every reply in flight has been sent. `reader` must time out (if at all) with
 /// `WouldBlock`/`TimedOut`.
-pub fn serve<R: Read, W: Sink>(
+pub fn serve<R: Read + ReadableNow, W: Sink>(
     reader: R,
     writer: W,
     session: &Session,
@@ -289,6 +291,9 @@ pub fn serve<R: Read, W: Sink>(
         .to_string();
     let result = std::thread::scope(|scope| {
         let mut spawned_total = 0usize;
+        // The reader's own buffer, for a cached READ it answers itself whose reply stalls and
+        // whose blocks leave the cache meanwhile (`Conn::try_inline`).
+        let mut inline_buf = Buffer::new();
         let result = loop {
             if conn.out.is_broken() {
                 break Ok(End::WriterFailed);
@@ -296,6 +301,15 @@ pub fn serve<R: Read, W: Sink>(
             // A graceful stop: read no new request (requests already buffered included).
             if draining.is_set() {
                 break Ok(End::Draining);
+            }
+            // Nothing buffered: poll for the client's next request a little before blocking
+            // (`serving::watch`). With READs from the cache answered here rather than by a
+            // handler, this is what spares queue depth 1 a wake-up per request: fio, 4 KiB
+            // random reads from the cache, interleaved runs (2026-11-29): 16.4-17.5 k IOPS,
+            // p99 65-71 us without; 38.7-40.4 k, p99 42-45 us with.
+            if reader.buffer().is_empty() {
+                let sock = reader.get_ref();
+                watch(|| sock.readable_now());
             }
             let raw = match read_header(reader) {
                 Ok(Next::Request(b)) => b,
@@ -342,6 +356,9 @@ pub fn serve<R: Read, W: Sink>(
                     let job = Job {
                         cookie: req.cookie,
                         command,
+                    };
+                    let Some(job) = conn.try_inline(job, &mut inline_buf) else {
+                        continue;
                     };
                     // One more handler whenever more jobs are outstanding than there are
                     // handlers. Counting jobs, not idle threads, keeps this right when freshly

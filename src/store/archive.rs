@@ -313,6 +313,12 @@ impl Archive {
         self.source.remote().is_some()
     }
 
+    /// True when this archive or any of its parents is a remote object: reading it may wait
+    /// for the network, even for index pages.
+    pub fn any_remote(&self) -> bool {
+        self.is_remote() || self.parents.iter().any(|p| p.any_remote())
+    }
+
     /// Size of the archive file in bytes.
     pub fn file_len(&self) -> u64 {
         self.file_len

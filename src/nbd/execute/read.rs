@@ -10,6 +10,11 @@ use crate::serving::{Buffer, ProtoMetrics};
 use crate::store::{Extent, ExtentKind, Segment};
 
 impl<'a, W: Sink> Conn<'a, W> {
+    /// Answers a READ. With `inline` (the connection's reader answering it itself, see
+    /// [`Conn::try_inline`]) it answers only what needs no decoding: an empty or all-hole
+    /// READ, or one whose blocks are all cached; otherwise it sends nothing and returns
+    /// `false`, and the READ goes to a handler. Returns `true` when the READ was answered
+    /// (or the connection broke).
     pub(super) fn read(
         &self,
         cookie: u64,
@@ -17,7 +22,8 @@ impl<'a, W: Sink> Conn<'a, W> {
         length: u32,
         df: bool,
         buf: &mut Buffer<'a>,
-    ) {
+        inline: bool,
+    ) -> bool {
         let s = self.session;
         let len = length as usize;
         if len == 0 {
@@ -27,7 +33,7 @@ impl<'a, W: Sink> Conn<'a, W> {
             } else {
                 self.out.send(&[&simple_reply(0, cookie)]);
             }
-            return;
+            return true;
         }
         // Zero extents become holes in a structured reply (unless DF); a READ that is all hole
         // needs no data at all.
@@ -49,7 +55,7 @@ impl<'a, W: Sink> Conn<'a, W> {
                     offset,
                     length,
                 )]);
-                return;
+                return true;
             }
         }
         // A READ whose reply stalls gives its buffer back and comes round again: the data is
@@ -69,9 +75,15 @@ impl<'a, W: Sink> Conn<'a, W> {
                             resume = r;
                             continue;
                         }
-                        None => return,
+                        None => return true,
                     }
                 }
+            }
+            // Nothing sent yet and the data must be read: a handler's work. (A reply the
+            // reader started and that stalled, then lost its blocks from the cache, is
+            // finished here: it cannot change hands.)
+            if inline && resume.is_none() {
+                return false;
             }
             if buf
                 .ensure(self.memory, len, len, self.send_timeout)
@@ -88,7 +100,7 @@ impl<'a, W: Sink> Conn<'a, W> {
                         "the server is out of reply buffer memory",
                     ),
                 }
-                return;
+                return true;
             }
             let data = &mut buf.bytes_mut()[..len];
             let failure = match s.snapshot.snapshot.read_at(s.stream, offset, data) {
@@ -113,7 +125,7 @@ impl<'a, W: Sink> Conn<'a, W> {
                     Some((claim, _)) => claim.abandon(why),
                     None => self.reply_error(NBD_CMD_READ, cookie, NBD_EIO, why),
                 }
-                return;
+                return true;
             }
             if resume.is_none() {
                 self.count();
@@ -125,7 +137,7 @@ impl<'a, W: Sink> Conn<'a, W> {
             let parts: Vec<&[u8]> = match (&holes, &heads) {
                 (Some(extents), Some(heads)) => match chunk_parts(heads, offset, data, extents) {
                     Some(p) => p,
-                    None => return,
+                    None => return true,
                 },
                 _ if s.structured => vec![&data_head, data],
                 _ => vec![&simple_head, data],
@@ -133,7 +145,7 @@ impl<'a, W: Sink> Conn<'a, W> {
             let sent = self.out.send_read(&parts, resume.take());
             match self.settle(sent, length, buf) {
                 Some(r) => resume = r,
-                None => return,
+                None => return true,
             }
         }
     }
