@@ -306,8 +306,10 @@ pub fn serve<R: Read + ReadableNow, W: Sink>(
             // (`serving::watch`). With READs from the cache answered here rather than by a
             // handler, this is what spares queue depth 1 a wake-up per request: fio, 4 KiB
             // random reads from the cache, interleaved runs (2026-11-29): 16.4-17.5 k IOPS,
-            // p99 65-71 us without; 38.7-40.4 k, p99 42-45 us with.
-            if reader.buffer().is_empty() {
+            // p99 65-71 us without; 38.7-40.4 k, p99 42-45 us with. Not while handlers
+            // still work on this connection's requests: a client waiting for those replies
+            // sends nothing meanwhile, and the poll would only take a core from the handlers.
+            if reader.buffer().is_empty() && conn.in_flight.load(Ordering::Relaxed) == 0 {
                 let sock = reader.get_ref();
                 watch(|| sock.readable_now());
             }
