@@ -407,3 +407,46 @@ fn an_http_body_sent_from_the_cache_gives_its_memory_back_on_a_stall_and_resumes
     );
     assert_eq!(d.metric("hexzd_http_send_timeouts_total"), 0);
 }
+
+#[test]
+fn small_cached_nbd_reads_left_unread_hold_no_memory_and_stop_only_their_connection() {
+    let _t = turn();
+    let (d, data) = stream_daemon();
+    let mut c = nbd_handshake(TcpStream::connect(d.nbd).unwrap()).unwrap();
+    // Twice over the stream: a block enters the cache on its second miss.
+    let step = 8usize << 20;
+    for round in 0..2u64 {
+        for off in (0..STREAM).step_by(step) {
+            c.send_read(round, off as u64, 8 << 20);
+            let (_, got) = c.read_reply(step);
+            assert!(got == data[off..off + step], "round {round} at {off}");
+        }
+    }
+    // 400 READs of 256 KiB from the cache (100 MiB of replies), which the connection's own
+    // thread answers, and which the client does not read yet: the reader's reply stalls
+    // once the socket is full, and gives its budget back while it waits.
+    let hits = d.metric("hexzd_store_cache_hits_total");
+    let len = 256usize << 10;
+    let at = |cookie: u64| (cookie as usize * 160_001) % (STREAM - len);
+    for cookie in 0..400u64 {
+        c.send_read(cookie, at(cookie) as u64, len as u32);
+    }
+    wait_stalled(&d, hits + 1);
+    // Another client is served meanwhile.
+    let mut other = nbd_handshake(TcpStream::connect(d.nbd).unwrap()).unwrap();
+    other.send_read(9999, 12_345, 1 << 20);
+    let (cookie, got) = other.read_reply(1 << 20);
+    assert_eq!(cookie, 9999);
+    assert!(got == data[12_345..12_345 + (1 << 20)]);
+    // Then the first client reads: every reply whole and byte-exact.
+    let mut seen = vec![false; 400];
+    for _ in 0..400 {
+        let (cookie, got) = c.read_reply(len);
+        let i = usize::try_from(cookie).unwrap();
+        assert!(!seen[i], "reply {cookie} twice");
+        seen[i] = true;
+        assert!(got == data[at(cookie)..at(cookie) + len], "reply {cookie}");
+    }
+    assert_eq!(d.metric("hexzd_buffer_memory_used_bytes"), 0);
+    assert_eq!(d.metric("hexzd_nbd_send_timeouts_total"), 0);
+}
