@@ -260,7 +260,9 @@ impl<'a, W: Sink> Conn<'a, W> {
             conn: self,
             bytes: u64::from(length),
         });
-        buf.shrink(RETAINED_BUFFER);
+        // The reader's buffer is used only when a reply it started stalled and its blocks
+        // left the cache meanwhile: not worth keeping budget for.
+        buf.release();
         None
     }
 
