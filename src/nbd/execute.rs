@@ -1,6 +1,8 @@
 //! Running valid requests against the store and sending their replies: the per-connection
 //! state the reader and the handler threads share ([`Conn`]), BLOCK_STATUS, CACHE, and the one
-//! mapping from a failure to an NBD error. READ is in `execute/read.rs`.
+//! mapping from a failure to an NBD error. READ is in `execute/read.rs`. A READ that needs no
+//! decoding (all cached, or all hole; at most [`INLINE_READ`]) is answered by the reader
+//! itself ([`Conn::try_inline`]); handlers take the rest.
 //!
 //! Every request reaching this file has passed `transmission::validate`; store calls here can
 //! only fail for reasons of the archive (I/O, corruption), which become EIO and a warning.
