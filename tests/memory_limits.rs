@@ -427,9 +427,9 @@ fn small_cached_nbd_reads_left_unread_hold_no_memory_and_stop_only_their_connect
     // once the socket is full, and gives its budget back while it waits.
     let hits = d.metric("hexzd_store_cache_hits_total");
     let len = 256usize << 10;
-    let at = |cookie: u64| (cookie as usize * 160_001) % (STREAM - len);
+    let at = |cookie: u64| (usize::try_from(cookie).unwrap() * 160_001) % (STREAM - len);
     for cookie in 0..400u64 {
-        c.send_read(cookie, at(cookie) as u64, len as u32);
+        c.send_read(cookie, at(cookie) as u64, 256 << 10);
     }
     wait_stalled(&d, hits + 1);
     // Another client is served meanwhile.
