@@ -320,6 +320,23 @@ fn stream_daemon() -> (Daemon, Vec<u8>) {
     )
 }
 
+/// [`stream_daemon`] with the whole stream in its cache, read through the NBD connection it
+/// returns.
+fn cached_nbd_daemon() -> (Daemon, Vec<u8>, memory_support::Nbd<TcpStream>) {
+    let (d, data) = stream_daemon();
+    let mut c = nbd_handshake(TcpStream::connect(d.nbd).unwrap()).unwrap();
+    // Twice over the stream: a block enters the cache on its second miss.
+    let step = 8usize << 20;
+    for round in 0..2u64 {
+        for off in (0..STREAM).step_by(step) {
+            c.send_read(round, off as u64, 8 << 20);
+            let (_, got) = c.read_reply(step);
+            assert!(got == data[off..off + step], "round {round} at {off}");
+        }
+    }
+    (d, data, c)
+}
+
 /// Waits until the cache has answered `hits` lookups in all and no response budget is in
 /// use: the replies answered from it have stalled and given their memory back.
 fn wait_stalled(d: &Daemon, hits: u64) {
@@ -338,17 +355,7 @@ fn wait_stalled(d: &Daemon, hits: u64) {
 #[test]
 fn a_nbd_read_sent_from_the_cache_gives_its_memory_back_on_a_stall_and_resumes_byte_exact() {
     let _t = turn();
-    let (d, data) = stream_daemon();
-    let mut c = nbd_handshake(TcpStream::connect(d.nbd).unwrap()).unwrap();
-    // Twice over the stream: a block enters the cache on its second miss.
-    let step = 8usize << 20;
-    for round in 0..2u64 {
-        for off in (0..STREAM).step_by(step) {
-            c.send_read(round, off as u64, 8 << 20);
-            let (_, got) = c.read_reply(step);
-            assert!(got == data[off..off + step], "round {round} at {off}");
-        }
-    }
+    let (d, data, mut c) = cached_nbd_daemon();
     // Two READs of 32 MiB answered straight from the cache, which the client does not read
     // yet: their replies stall and give their budget back (the blocks with it).
     let hits = d.metric("hexzd_store_cache_hits_total");
@@ -411,17 +418,7 @@ fn an_http_body_sent_from_the_cache_gives_its_memory_back_on_a_stall_and_resumes
 #[test]
 fn small_cached_nbd_reads_left_unread_hold_no_memory_and_stop_only_their_connection() {
     let _t = turn();
-    let (d, data) = stream_daemon();
-    let mut c = nbd_handshake(TcpStream::connect(d.nbd).unwrap()).unwrap();
-    // Twice over the stream: a block enters the cache on its second miss.
-    let step = 8usize << 20;
-    for round in 0..2u64 {
-        for off in (0..STREAM).step_by(step) {
-            c.send_read(round, off as u64, 8 << 20);
-            let (_, got) = c.read_reply(step);
-            assert!(got == data[off..off + step], "round {round} at {off}");
-        }
-    }
+    let (d, data, mut c) = cached_nbd_daemon();
     // 400 READs of 256 KiB from the cache (100 MiB of replies), which the connection's own
     // thread answers, and which the client does not read yet: the reader's reply stalls
     // once the socket is full, and gives its budget back while it waits.

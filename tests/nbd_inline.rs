@@ -80,19 +80,7 @@ fn check_structured(c: &mut RawClient, base: u64, ranges: &[(usize, usize)], wan
         .collect();
     let mut holes = 0;
     while !open.is_empty() {
-        let mut h = [0u8; CHUNK_HEADER_LEN];
-        c.s.read_exact(&mut h).unwrap();
-        let ReplyHeader::Chunk {
-            flags,
-            chunk_type,
-            cookie,
-            length,
-        } = ReplyHeader::decode(&h).unwrap()
-        else {
-            panic!("structured chunks only");
-        };
-        let mut p = vec![0u8; length as usize];
-        c.s.read_exact(&mut p).unwrap();
+        let (flags, chunk_type, cookie, p) = c.chunk();
         let (off, _, buf, filled) = open.get_mut(&cookie).expect("known, open cookie");
         let at = u64::from_be_bytes(p[..8].try_into().unwrap()) as usize - *off;
         match chunk_type {

@@ -370,24 +370,6 @@ fn a_read_error_is_eio_without_payload_and_is_counted() {
     assert_eq!(server.metrics().read_errors.load(Ordering::Relaxed), failed);
 }
 
-/// Reads one structured chunk: (flags, type, cookie, payload).
-fn chunk(c: &mut RawClient) -> (u16, u16, u64, Vec<u8>) {
-    let mut h = [0u8; CHUNK_HEADER_LEN];
-    c.s.read_exact(&mut h).unwrap();
-    let ReplyHeader::Chunk {
-        flags,
-        chunk_type,
-        cookie,
-        length,
-    } = ReplyHeader::decode(&h).unwrap()
-    else {
-        panic!("expected a structured chunk");
-    };
-    let mut p = vec![0u8; length as usize];
-    c.s.read_exact(&mut p).unwrap();
-    (flags, chunk_type, cookie, p)
-}
-
 #[test]
 fn a_read_error_is_logged_with_archive_block_and_offset() {
     let dir = tempfile::tempdir().unwrap();
@@ -410,7 +392,7 @@ fn structured_read_errors_are_error_chunks() {
     let server = Server::start(&[Spec::new("bad", corrupt_archive(dir.path()))]);
     let mut c = RawClient::connect(&server, "bad", true);
     c.request(NBD_CMD_READ, 0, 1, 0, u32::try_from(c.size).unwrap(), &[]);
-    let (flags, t, cookie, p) = chunk(&mut c);
+    let (flags, t, cookie, p) = c.chunk();
     assert_eq!(
         (flags, t, cookie),
         (NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, 1)
@@ -418,7 +400,7 @@ fn structured_read_errors_are_error_chunks() {
     assert_eq!(p[..4], NBD_EIO.to_be_bytes());
     // Out of range in structured mode: an error chunk too, never a simple reply.
     c.request(NBD_CMD_READ, 0, 2, c.size, 1, &[]);
-    let (_, t, _, p) = chunk(&mut c);
+    let (_, t, _, p) = c.chunk();
     assert_eq!(t, NBD_REPLY_TYPE_ERROR);
     assert_eq!(p[..4], NBD_EINVAL.to_be_bytes());
 }
@@ -433,7 +415,7 @@ fn structured_reads_send_holes_for_zero_extents_unless_df() {
     let mut got = vec![0xffu8; want.len()];
     let mut holes = 0;
     loop {
-        let (flags, t, cookie, p) = chunk(&mut c);
+        let (flags, t, cookie, p) = c.chunk();
         assert_eq!(cookie, 1);
         let off = u64::from_be_bytes(p[..8].try_into().unwrap()) as usize;
         match t {
@@ -453,7 +435,7 @@ fn structured_reads_send_holes_for_zero_extents_unless_df() {
     assert!(got == want);
     // DF: one data chunk with everything.
     c.request(NBD_CMD_READ, NBD_CMD_FLAG_DF, 2, 0, size, &[]);
-    let (flags, t, _, p) = chunk(&mut c);
+    let (flags, t, _, p) = c.chunk();
     assert_eq!(
         (flags, t),
         (NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA)
@@ -462,12 +444,12 @@ fn structured_reads_send_holes_for_zero_extents_unless_df() {
     // Zero length: a NONE chunk.
     c.request(NBD_CMD_READ, 0, 3, 0, 0, &[]);
     assert_eq!(
-        chunk(&mut c),
+        c.chunk(),
         (NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, 3, vec![])
     );
     // Block status with REQ_ONE: one extent, inside the request.
     c.request(NBD_CMD_BLOCK_STATUS, NBD_CMD_FLAG_REQ_ONE, 4, 0, size, &[]);
-    let (flags, t, _, p) = chunk(&mut c);
+    let (flags, t, _, p) = c.chunk();
     assert_eq!(
         (flags, t, p.len()),
         (NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, 12)

@@ -540,6 +540,24 @@ impl RawClient {
         (error, cookie, d)
     }
 
+    /// Reads one structured reply chunk: (flags, type, cookie, payload).
+    pub fn chunk(&mut self) -> (u16, u16, u64, Vec<u8>) {
+        let mut h = [0u8; CHUNK_HEADER_LEN];
+        self.s.read_exact(&mut h).unwrap();
+        let ReplyHeader::Chunk {
+            flags,
+            chunk_type,
+            cookie,
+            length,
+        } = ReplyHeader::decode(&h).unwrap()
+        else {
+            panic!("expected a structured chunk");
+        };
+        let mut p = vec![0u8; length as usize];
+        self.s.read_exact(&mut p).unwrap();
+        (flags, chunk_type, cookie, p)
+    }
+
     /// Waits until the server closes the connection: true on EOF or reset, false if it sent
     /// another byte instead. Panics if nothing happens within the read timeout.
     pub fn closed(s: &mut TcpStream) -> bool {

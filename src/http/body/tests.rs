@@ -289,27 +289,38 @@ impl WaitWritable for StallOnce {
     }
 }
 
-#[test]
-fn a_stalled_body_gives_its_buffer_back_and_resumes_exactly() {
-    let budget = Budget::new(1 << 30);
+fn stall_once_after(first: usize) -> StallOnce {
+    StallOnce {
+        out: Vec::new(),
+        first,
+        stalled: false,
+    }
+}
+
+/// The multipart body the stall tests send (a short text piece, then a 1.5 MB range), and
+/// its whole output ("HEAD" first) written without a stall.
+fn stall_plan(budget: &Budget) -> (Plan, Vec<u8>) {
     let plan = multipart(&[range(0, 99), range(2_000_000, 3_500_000)], 4_000_000, "B")
         .unwrap_or_else(Plan::empty);
     let mut full = Calls(Vec::new(), Vec::new());
     let _ = run(
         &mut full,
-        &budget,
+        budget,
         &mut Vec::new(),
         b"HEAD".to_vec(),
         &plan,
         &mut pattern,
         None,
     );
+    (plan, full.0)
+}
+
+#[test]
+fn a_stalled_body_gives_its_buffer_back_and_resumes_exactly() {
+    let budget = Budget::new(1 << 30);
+    let (plan, full) = stall_plan(&budget);
     for first in [2, 500, MAX_CHUNK + 77] {
-        let mut w = StallOnce {
-            out: Vec::new(),
-            first,
-            stalled: false,
-        };
+        let mut w = stall_once_after(first);
         let mut b = Buffer::new();
         let sent = send(
             &mut w,
@@ -325,7 +336,7 @@ fn a_stalled_body_gives_its_buffer_back_and_resumes_exactly() {
             None,
         );
         assert_eq!(sent.ok(), Some(plan.len));
-        assert!(w.out == full.0, "resumed after {first} bytes");
+        assert!(w.out == full, "resumed after {first} bytes");
         assert!(w.stalled);
     }
 }

@@ -59,14 +59,6 @@ fn send_via<W: Write + WaitWritable>(
     (sent, b.len())
 }
 
-fn stall_once_after(first: usize) -> StallOnce {
-    StallOnce {
-        out: Vec::new(),
-        first,
-        stalled: false,
-    }
-}
-
 #[test]
 fn a_cached_body_never_touches_the_buffer_and_resumes_exactly_after_a_stall() {
     let budget = Budget::new(1 << 30);
@@ -95,25 +87,14 @@ fn cached_chunks_are_exact_resume_after_a_stall_and_give_their_budget_back() {
     let budget = Budget::new(1 << 30);
     // Multipart: a chunk that starts in a text piece goes through the buffer (with the data
     // after it), one that starts in a range comes from the cache.
-    let plan = multipart(&[range(0, 99), range(2_000_000, 3_500_000)], 4_000_000, "B")
-        .unwrap_or_else(Plan::empty);
-    let mut full = Calls(Vec::new(), Vec::new());
-    let _ = run(
-        &mut full,
-        &budget,
-        &mut Vec::new(),
-        b"HEAD".to_vec(),
-        &plan,
-        &mut pattern,
-        None,
-    );
+    let (plan, full) = stall_plan(&budget);
     for first in [2, 500, MAX_CHUNK + 77] {
         let mut w = stall_once_after(first);
         let mut calls = 0;
         let cache = pattern_cache(65_536, &mut calls);
         let (sent, _) = send_via(&mut w, &budget, T, cache, b"HEAD", &plan, &mut pattern);
         assert_eq!(sent.ok(), Some(plan.len), "stall after {first}");
-        assert!(w.out == full.0, "resumed after {first} bytes");
+        assert!(w.out == full, "resumed after {first} bytes");
         assert!(w.stalled);
         assert_eq!(budget.used(), 0);
         assert!(calls >= 1, "{calls} answers from the cache");
