@@ -92,8 +92,9 @@ pub(super) struct Conn<'a, W> {
     pub(super) handlers: AtomicUsize,
     /// A handler watches the empty job queue ([`Conn::watch`]).
     watching: AtomicBool,
-    /// Whether the reader may answer READs itself: the block cache is on and the export
-    /// reads no remote archive.
+    /// Whether the reader may answer READs itself: the block cache is on (with `--cache 0`
+    /// nothing is ever cached) and the export reads no remote archive (which may fetch index
+    /// pages over the network even for a cached range; the reader must not wait for that).
     inline_reads: bool,
 }
 
@@ -248,9 +249,6 @@ impl<'a, W: Sink> Conn<'a, W> {
         let Command::Read { offset, length, df } = job.command else {
             return Some(job);
         };
-        // Remote archives may fetch index pages over the network even for a cached range;
-        // the reader must not wait for that.
-        // With the cache off (`--cache 0`) nothing is ever cached: no attempt.
         if length as usize > INLINE_READ || self.out.is_broken() || !self.inline_reads {
             return Some(job);
         }

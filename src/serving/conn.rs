@@ -84,19 +84,7 @@ impl WaitWritable for std::fs::File {
 
 impl WaitWritable for Conn {
     fn wait_writable(&self, timeout: Duration) -> io::Result<bool> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let t = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
-            let mut fds = [PollFd::new(self.fd(), PollFlags::POLLOUT)];
-            match poll(&mut fds, t) {
-                // An error or hang-up condition also ends the wait: the next write says which.
-                Ok(n) if n > 0 => return Ok(true),
-                Ok(_) if left.is_zero() => return Ok(false),
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(io::Error::from(e)),
-            }
-        }
+        self.wait_for(PollFlags::POLLOUT, timeout)
     }
 }
 
@@ -209,6 +197,29 @@ pub enum Conn {
 }
 
 impl Conn {
+    /// Waits up to `timeout` for the client to send something (or close); false if it sent
+    /// nothing by then.
+    pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        self.wait_for(PollFlags::POLLIN, timeout)
+    }
+
+    /// Waits up to `timeout` for `flags` on the socket. An error or hang-up condition also
+    /// ends the wait: the next read or write says which.
+    fn wait_for(&self, flags: PollFlags, timeout: Duration) -> io::Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let t = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            let mut fds = [PollFd::new(self.fd(), flags)];
+            match poll(&mut fds, t) {
+                Ok(n) if n > 0 => return Ok(true),
+                Ok(_) if left.is_zero() => return Ok(false),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(io::Error::from(e)),
+            }
+        }
+    }
+
     /// A second handle to the same socket (for a separate reader and writer thread).
     pub fn try_clone(&self) -> io::Result<Conn> {
         Ok(match self {

@@ -52,14 +52,7 @@ pub trait ReadableNow {
 
 impl ReadableNow for super::Conn {
     fn readable_now(&self) -> bool {
-        let mut fds = [nix::poll::PollFd::new(
-            self.fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        !matches!(
-            nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO),
-            Ok(0)
-        )
+        self.wait_readable(Duration::ZERO).unwrap_or(true)
     }
 }
 

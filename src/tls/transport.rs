@@ -7,8 +7,6 @@ use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::time::Duration;
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-
 use super::stream::{TlsReader, TlsWriter};
 use crate::serving::Conn;
 use crate::serving::conn::{ReadTimeout, WaitWritable};
@@ -60,20 +58,7 @@ impl Transport {
     pub fn wait_readable(&self, wait: Duration) -> io::Result<bool> {
         match self {
             Transport::Tls(r, _) => r.wait_readable(wait),
-            Transport::Plain(c) => {
-                let deadline = std::time::Instant::now() + wait;
-                loop {
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
-                    let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
-                    let mut fds = [PollFd::new(c.fd(), PollFlags::POLLIN)];
-                    match poll(&mut fds, timeout) {
-                        Ok(0) if left.is_zero() => return Ok(false),
-                        Ok(0) | Err(nix::errno::Errno::EINTR) => {}
-                        Ok(_) => return Ok(true),
-                        Err(e) => return Err(io::Error::from(e)),
-                    }
-                }
-            }
+            Transport::Plain(c) => c.wait_readable(wait),
         }
     }
 
