@@ -28,6 +28,7 @@ use super::transmission::{Command, Refusal};
 mod read;
 use crate::serving::{Budget, Buffer, Draining, ProtoMetrics};
 use crate::store::{ExtentKind, StoreError};
+use read::{Attempt, Holes};
 
 /// A handler's read buffer is kept between requests up to this size (the kernel's largest usual
 /// request is 1.25 MiB; nbdcopy's 256 KiB); larger ones are freed after use.
@@ -61,6 +62,8 @@ const MAX_STATUS_EXTENTS: usize = 65536;
 pub(super) struct Job {
     pub(super) cookie: u64,
     pub(super) command: Command,
+    /// What the reader found when it tried to answer this READ itself: `None` if it did not.
+    pub(super) tried: Option<Holes>,
 }
 
 /// What a connection's transmission phase shares with the rest of the process: its
@@ -211,7 +214,8 @@ impl<'a, W: Sink> Conn<'a, W> {
         }
         match job.command {
             Command::Read { offset, length, df } => {
-                self.read(job.cookie, offset, length, df, buf, false);
+                let attempt = Attempt::Handler(job.tried);
+                let _answered = self.read(job.cookie, offset, length, df, buf, attempt);
             }
             // The other replies may wait for a stalled socket without a way to give memory
             // back: they hold none.
@@ -252,8 +256,11 @@ impl<'a, W: Sink> Conn<'a, W> {
         if length as usize > INLINE_READ || self.out.is_broken() || !self.inline_reads {
             return Some(job);
         }
-        if !self.read(job.cookie, offset, length, df, buf, true) {
-            return Some(job);
+        if let Err(holes) = self.read(job.cookie, offset, length, df, buf, Attempt::Inline) {
+            return Some(Job {
+                tried: Some(holes),
+                ..job
+            });
         }
         // Answered: give back what the reader counted for it.
         drop(JobGuard {

@@ -358,6 +358,7 @@ pub fn serve<R: Read + ReadableNow, W: Sink>(
                     let job = Job {
                         cookie: req.cookie,
                         command,
+                        tried: None,
                     };
                     let Some(job) = conn.try_inline(job, &mut inline_buf) else {
                         continue;

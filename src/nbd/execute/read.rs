@@ -9,12 +9,24 @@ use crate::nbd::reply::{Claim, ReadSent, Sink};
 use crate::serving::{Buffer, ProtoMetrics};
 use crate::store::{Extent, ExtentKind, Segment};
 
+/// The zero extents of a READ's range when its structured reply sends them as holes (`None`:
+/// one data payload).
+pub(in crate::nbd) type Holes = Option<Vec<Extent>>;
+
+/// Who answers a READ ([`Conn::read`]).
+pub(in crate::nbd) enum Attempt {
+    /// The connection's reader ([`Conn::try_inline`]): only what needs no decoding.
+    Inline,
+    /// A handler; with what the reader found when it tried first (the range's holes; the
+    /// cache did not hold it then), so that is not looked up again at once.
+    Handler(Option<Holes>),
+}
+
 impl<'a, W: Sink> Conn<'a, W> {
-    /// Answers a READ. With `inline` (the connection's reader answering it itself, see
-    /// [`Conn::try_inline`]) it answers only what needs no decoding: an empty or all-hole
-    /// READ, or one whose blocks are all cached; otherwise it sends nothing and returns
-    /// `false`, and the READ goes to a handler. Returns `true` when the READ was answered
-    /// (or the connection broke).
+    /// Answers a READ. [`Attempt::Inline`] answers only what needs no decoding: an empty or
+    /// all-hole READ, or one whose blocks are all cached; otherwise it sends nothing and
+    /// returns the range's holes, and the READ goes to a handler. `Ok` when the READ was
+    /// answered (or the connection broke).
     pub(super) fn read(
         &self,
         cookie: u64,
@@ -22,8 +34,8 @@ impl<'a, W: Sink> Conn<'a, W> {
         length: u32,
         df: bool,
         buf: &mut Buffer<'a>,
-        inline: bool,
-    ) -> bool {
+        attempt: Attempt,
+    ) -> Result<(), Holes> {
         let s = self.session;
         let len = length as usize;
         if len == 0 {
@@ -33,18 +45,22 @@ impl<'a, W: Sink> Conn<'a, W> {
             } else {
                 self.out.send(&[&simple_reply(0, cookie)]);
             }
-            return true;
+            return Ok(());
         }
+        let inline = matches!(attempt, Attempt::Inline);
         // Zero extents become holes in a structured reply (unless DF); a READ that is all hole
         // needs no data at all.
-        let holes = if s.structured && !df {
-            s.snapshot
-                .snapshot
-                .extents(s.stream, offset, u64::from(length))
-                .ok()
-                .filter(|x| x.iter().any(|e| e.kind == ExtentKind::Zero))
-        } else {
-            None
+        let (holes, mut try_cache) = match attempt {
+            Attempt::Handler(Some(holes)) => (holes, false),
+            _ if s.structured && !df => (
+                s.snapshot
+                    .snapshot
+                    .extents(s.stream, offset, u64::from(length))
+                    .ok()
+                    .filter(|x| x.iter().any(|e| e.kind == ExtentKind::Zero)),
+                true,
+            ),
+            _ => (None, true),
         };
         if let Some(x) = &holes {
             if x.len() == 1 {
@@ -55,7 +71,7 @@ impl<'a, W: Sink> Conn<'a, W> {
                     offset,
                     length,
                 )]);
-                return true;
+                return Ok(());
             }
         }
         // A READ whose reply stalls gives its buffer back and comes round again: the data is
@@ -66,7 +82,7 @@ impl<'a, W: Sink> Conn<'a, W> {
             // A range whose blocks are all cached (and which has no holes to send as such)
             // goes out straight from the cache, without the copy into `buf`; its bytes are
             // backed by a permit of the budget while they are written, like a buffer.
-            if holes.is_none() {
+            if holes.is_none() && try_cache {
                 if let Some(sent) =
                     self.send_cached(cookie, offset, length, &mut resume, &mut segments)
                 {
@@ -75,15 +91,17 @@ impl<'a, W: Sink> Conn<'a, W> {
                             resume = r;
                             continue;
                         }
-                        None => return true,
+                        None => return Ok(()),
                     }
                 }
             }
+            // After a stall the blocks may be cached again.
+            try_cache = true;
             // Nothing sent yet and the data must be read: a handler's work. (A reply the
             // reader started and that stalled, then lost its blocks from the cache, is
             // finished here: it cannot change hands.)
             if inline && resume.is_none() {
-                return false;
+                return Err(holes);
             }
             if buf
                 .ensure(self.memory, len, len, self.send_timeout)
@@ -100,7 +118,7 @@ impl<'a, W: Sink> Conn<'a, W> {
                         "the server is out of reply buffer memory",
                     ),
                 }
-                return true;
+                return Ok(());
             }
             let data = &mut buf.bytes_mut()[..len];
             let failure = match s.snapshot.snapshot.read_at(s.stream, offset, data) {
@@ -125,7 +143,7 @@ impl<'a, W: Sink> Conn<'a, W> {
                     Some((claim, _)) => claim.abandon(why),
                     None => self.reply_error(NBD_CMD_READ, cookie, NBD_EIO, why),
                 }
-                return true;
+                return Ok(());
             }
             if resume.is_none() {
                 self.count();
@@ -137,7 +155,7 @@ impl<'a, W: Sink> Conn<'a, W> {
             let parts: Vec<&[u8]> = match (&holes, &heads) {
                 (Some(extents), Some(heads)) => match chunk_parts(heads, offset, data, extents) {
                     Some(p) => p,
-                    None => return true,
+                    None => return Ok(()),
                 },
                 _ if s.structured => vec![&data_head, data],
                 _ => vec![&simple_head, data],
@@ -145,7 +163,7 @@ impl<'a, W: Sink> Conn<'a, W> {
             let sent = self.out.send_read(&parts, resume.take());
             match self.settle(sent, length, buf) {
                 Some(r) => resume = r,
-                None => return true,
+                None => return Ok(()),
             }
         }
     }
