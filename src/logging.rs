@@ -172,15 +172,23 @@ impl log::Log for Stderr {
     }
 }
 
+/// Writes `text` to stderr as it is, ignoring failure. For the lines a command or the daemon
+/// prints itself (start-up, summaries, progress): `eprint!` panics when stderr is gone (a
+/// closed pipe, a full disk, a hung-up terminal), and a status line must never cost a
+/// daemon that is otherwise starting fine, or a command whose work is done, its exit status.
+pub fn to_stderr(text: &str) {
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
 /// Prints a fatal error line (what `main` reports before exiting 1) on stderr, with the `err`
 /// priority prefix when stderr is the journal.
 pub fn fatal(line: &str) {
     // Lines logged before it come first.
     log::logger().flush();
     if under_journald() {
-        eprintln!("<3>{line}");
+        to_stderr(&format!("<3>{line}\n"));
     } else {
-        eprintln!("{line}");
+        to_stderr(&format!("{line}\n"));
     }
 }
 

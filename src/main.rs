@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // `verify` has already listed the bad blocks on stdout.
         Err(e @ commands::CommandError::BadBlocks(_)) => {
-            eprintln!("hexzd: verify: {e}");
+            hexzd::logging::to_stderr(&format!("hexzd: verify: {e}\n"));
             ExitCode::FAILURE
         }
         Err(e) => {

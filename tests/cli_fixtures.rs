@@ -299,3 +299,43 @@ fn an_archive_on_a_block_device_is_served() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(o.stdout == std::fs::read(fixture("mixed.img")).unwrap());
 }
+
+/// A full disk under stdout is one error line and exit status 1 (not a panic); a reader that
+/// went away (`inspect | head`) ends the output quietly.
+#[test]
+fn inspect_and_verify_report_a_failed_write_to_stdout_in_one_line() {
+    let archive = fixture("hello-lz4.hxz");
+    for cmd in ["inspect", "verify"] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let o = hexzd()
+            .args([cmd.as_ref(), archive.as_os_str()])
+            .stdout(full)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{cmd}: {err}");
+        assert!(
+            err.starts_with("hexzd: cannot write output"),
+            "{cmd}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{cmd}: {err}");
+    }
+    let mut child = hexzd()
+        .args(["inspect".as_ref(), "--json".as_ref(), archive.as_os_str()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -2,7 +2,7 @@
 
 use std::io::{self, Write};
 
-use super::{CommandError, open_uncached};
+use super::{CommandError, open_uncached, quiet_pipe};
 use crate::cli::CatArgs;
 use crate::format::Stream;
 
@@ -50,12 +50,4 @@ pub fn run(args: &CatArgs) -> Result<(), CommandError> {
         pos += n as u64;
     }
     out.flush().or_else(quiet_pipe)
-}
-
-fn quiet_pipe(e: io::Error) -> Result<(), CommandError> {
-    if e.kind() == io::ErrorKind::BrokenPipe {
-        Ok(())
-    } else {
-        Err(CommandError::Output(e))
-    }
 }

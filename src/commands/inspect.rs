@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::CommandError;
+use super::{CommandError, write_stdout};
 use crate::cli::InspectArgs;
 use crate::format::{BlockKind, Stream};
 use crate::store::{Engine, EngineConfig, OpenOptions, RemoteConfig, Snapshot};
@@ -328,9 +328,8 @@ pub fn run(args: &InspectArgs) -> Result<(), CommandError> {
     if args.json {
         let text = serde_json::to_string_pretty(&r)
             .map_err(|e| CommandError::Output(std::io::Error::other(e)))?;
-        println!("{text}");
+        write_stdout(&format!("{text}\n"))
     } else {
-        print!("{}", render_text(&r));
+        write_stdout(&render_text(&r))
     }
-    Ok(())
 }

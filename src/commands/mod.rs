@@ -10,6 +10,7 @@ pub mod pack;
 pub mod serve;
 pub mod verify;
 
+use std::io::Write;
 use std::path::Path;
 
 use crate::cli::PasswordArgs;
@@ -50,6 +51,25 @@ pub enum CommandError {
     /// `verify` found bad blocks (already listed on stdout).
     #[error("{0} bad block(s)")]
     BadBlocks(usize),
+}
+
+/// Writes a command's output to stdout. A reader that went away (`inspect | head`) ends the
+/// output quietly, as for `cat`; any other failure (a full disk) is
+/// [`CommandError::Output`], one line and exit status 1, where `print!` would panic.
+pub fn write_stdout(text: &str) -> Result<(), CommandError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .or_else(quiet_pipe)
+}
+
+/// `Ok` for a broken pipe (the reader has all it wanted), else the write error.
+pub(crate) fn quiet_pipe(e: std::io::Error) -> Result<(), CommandError> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(CommandError::Output(e))
+    }
 }
 
 /// Reads a password file (never blocking; see [`crate::store::file::read_password`]): the

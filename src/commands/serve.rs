@@ -8,7 +8,7 @@ use crate::daemon::{self, Options, Overrides};
 /// Runs `hexzd serve` (`--check-config` prints its verdict on stdout).
 pub fn run(args: &ServeArgs) -> Result<(), CommandError> {
     if let Some(summary) = daemon::run(options(args))? {
-        println!("hexzd: {summary}");
+        super::write_stdout(&format!("hexzd: {summary}\n"))?;
     }
     Ok(())
 }

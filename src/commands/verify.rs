@@ -3,7 +3,7 @@
 
 use std::io::IsTerminal;
 
-use super::{CommandError, open_uncached};
+use super::{CommandError, open_uncached, write_stdout};
 use crate::cli::VerifyArgs;
 
 /// Verifies the archive and prints the result.
@@ -12,26 +12,27 @@ pub fn run(args: &VerifyArgs) -> Result<(), CommandError> {
     let tty = std::io::stderr().is_terminal();
     let report = snap.verify(|done, total| {
         if tty {
-            eprint!("\rverifying: {done} of {total} blocks");
+            crate::logging::to_stderr(&format!("\rverifying: {done} of {total} blocks"));
         }
     })?;
     if tty {
-        eprintln!();
+        crate::logging::to_stderr("\n");
     }
+    let mut out = String::new();
     for b in &report.bad {
         match b.block {
-            Some(n) => println!(
-                "BAD {} stream block {n} at stream offset {}: {}",
+            Some(n) => out.push_str(&format!(
+                "BAD {} stream block {n} at stream offset {}: {}\n",
                 b.stream, b.offset, b.error
-            ),
-            None => println!(
-                "BAD {} stream at stream offset {}: {}",
+            )),
+            None => out.push_str(&format!(
+                "BAD {} stream at stream offset {}: {}\n",
                 b.stream, b.offset, b.error
-            ),
+            )),
         }
     }
-    println!(
-        "{}: {} blocks checked ({} decoded, {} parent references): {}",
+    out.push_str(&format!(
+        "{}: {} blocks checked ({} decoded, {} parent references): {}\n",
         // The path, or the URL without credentials.
         snap.path().display(),
         report.blocks,
@@ -42,7 +43,8 @@ pub fn run(args: &VerifyArgs) -> Result<(), CommandError> {
         } else {
             format!("{} BAD", report.bad.len())
         }
-    );
+    ));
+    write_stdout(&out)?;
     if report.ok() {
         Ok(())
     } else {

@@ -192,7 +192,7 @@ impl Attachments {
             let key = Key::of(entry, snapshots);
             match self.start_one(&key, catalog) {
                 Ok((a, line)) => {
-                    eprintln!("hexzd: {line}");
+                    crate::logging::to_stderr(&format!("hexzd: {line}\n"));
                     self.insert(key, a);
                 }
                 Err(reason) => {

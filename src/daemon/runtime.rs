@@ -247,7 +247,7 @@ impl Runtime {
         )
         .map_err(DaemonError::Start)?;
 
-        eprintln!("hexzd: {}", describe(&self.catalog.load()));
+        crate::logging::to_stderr(&format!("hexzd: {}\n", describe(&self.catalog.load())));
         let (accepting, probes) = self.start_accepting(listeners)?;
         // Once the listeners are up, before readiness: READY=1 means every device has its
         // capacity. A failure detaches what was attached and stops the start-up.
@@ -378,7 +378,10 @@ impl Runtime {
             };
             threads.push(accept::spawn(l, cfg).map_err(DaemonError::Start)?);
             probes.push(probe);
-            eprintln!("hexzd: {} listening on {where_}", protocol.name());
+            crate::logging::to_stderr(&format!(
+                "hexzd: {} listening on {where_}\n",
+                protocol.name()
+            ));
         }
         Ok((threads, probes))
     }

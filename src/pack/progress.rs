@@ -39,18 +39,18 @@ impl Progress {
         } else {
             String::new()
         };
-        eprint!(
+        crate::logging::to_stderr(&format!(
             "\rpacking: {:.1} of {:.1} MiB{pct}, {:.0} MiB/s   ",
             mib(self.done),
             mib(self.total),
             mib(self.done) / secs
-        );
+        ));
     }
 
     pub(super) fn finish(&self) {
         if self.enabled {
             self.draw();
-            eprintln!();
+            crate::logging::to_stderr("\n");
         }
     }
 }
