@@ -1,7 +1,10 @@
 //! `hexzd pack` refusing bad input (issue 2): an unreadable input, an output in a missing
 //! directory, an output that exists (refused without `--force`, replaced with it), a full disk
-//! (the partial output is removed), bad block sizes, `--encrypt` without a password. Each is one
-//! clear error line and exit status 1, and leaves no partial files behind.
+//! (the partial output is removed), bad block sizes, `--encrypt` without a password; a FIFO or
+//! character device as input, a device node or FIFO as output (never replaced, even with
+//! `--force`), an output that is one of the inputs, and a stop signal in the middle (the
+//! partial output is removed). Each is one clear error line and exit status 1, and leaves no
+//! partial files behind.
 
 mod common;
 
@@ -217,4 +220,138 @@ fn full_disk_removes_the_partial_output() {
     let small = write_file(src.path(), "small.img", &mixed_data(200_000, 4096, 3));
     hexzd_ok(["pack".as_ref(), small.as_os_str(), out.as_os_str()]);
     assert_eq!(listing(&fs.path()), ["out.hxz"]);
+}
+
+fn mkfifo(path: &Path) {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+}
+
+#[test]
+fn fifo_and_character_device_inputs_are_refused_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("pipe");
+    mkfifo(&fifo);
+    let out = dir.path().join("out.hxz");
+    // Opening a FIFO without a writer would block forever; `run` fails the test on a hang.
+    let o = pack(&[fifo.as_os_str(), out.as_os_str()]);
+    let err = assert_clean_failure(&o, "FIFO input");
+    assert!(err.contains("is a FIFO, not a raw image"), "{err}");
+    // /dev/zero never ends.
+    let o = pack(&["/dev/zero".as_ref(), out.as_os_str()]);
+    let err = assert_clean_failure(&o, "character device input");
+    assert!(err.contains("is a character device"), "{err}");
+    let o = pack(&[
+        write_file(dir.path(), "in.img", b"data").as_os_str(),
+        out.as_os_str(),
+        "--aux".as_ref(),
+        fifo.as_os_str(),
+    ]);
+    let err = assert_clean_failure(&o, "FIFO aux input");
+    assert!(err.contains("pipe") && err.contains("FIFO"), "{err}");
+    assert_eq!(listing(dir.path()), ["in.img", "pipe"]);
+}
+
+#[test]
+fn a_device_or_fifo_at_the_output_path_is_never_replaced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = write_file(dir.path(), "in.img", &mixed_data(100_000, 4096, 1));
+    // A link to /dev/null stands for the device node itself (creating one needs root).
+    let null_link = dir.path().join("null");
+    std::os::unix::fs::symlink("/dev/null", &null_link).expect("symlink");
+    let fifo = dir.path().join("pipe");
+    mkfifo(&fifo);
+    for (target, kind) in [(&null_link, "a character device"), (&fifo, "a FIFO")] {
+        for force in [false, true] {
+            let mut args = vec![input.as_os_str(), target.as_os_str()];
+            if force {
+                args.push("--force".as_ref());
+            }
+            let o = pack(&args);
+            let err = assert_clean_failure(&o, "device output");
+            assert!(err.contains(kind), "{err}");
+        }
+    }
+    use std::os::unix::fs::FileTypeExt;
+    let dev_null = std::fs::metadata("/dev/null").expect("stat /dev/null");
+    assert!(
+        dev_null.file_type().is_char_device(),
+        "/dev/null was replaced"
+    );
+    let fifo_meta = std::fs::symlink_metadata(&fifo).expect("stat fifo");
+    assert!(fifo_meta.file_type().is_fifo(), "the FIFO was replaced");
+    assert_eq!(listing(dir.path()), ["in.img", "null", "pipe"]);
+}
+
+#[test]
+fn an_output_that_is_an_input_is_refused_even_with_force() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = mixed_data(100_000, 4096, 2);
+    let input = write_file(dir.path(), "in.img", &data);
+    let o = pack(&[input.as_os_str(), input.as_os_str(), "--force".as_ref()]);
+    let err = assert_clean_failure(&o, "output is the input");
+    assert!(err.contains("is the input itself"), "{err}");
+    assert_eq!(std::fs::read(&input).expect("read input"), data);
+
+    // The same through another name (a hard link), and for --aux and --base.
+    let alias = dir.path().join("alias.img");
+    std::fs::hard_link(&input, &alias).expect("link");
+    let o = pack(&[input.as_os_str(), alias.as_os_str(), "--force".as_ref()]);
+    assert!(assert_clean_failure(&o, "hard link").contains("is the input itself"));
+    let other = write_file(dir.path(), "other.img", b"other");
+    let o = pack(&[
+        other.as_os_str(),
+        input.as_os_str(),
+        "--aux".as_ref(),
+        input.as_os_str(),
+        "--force".as_ref(),
+    ]);
+    assert!(assert_clean_failure(&o, "aux").contains("is the --aux input itself"));
+    let base = dir.path().join("base.hxz");
+    hexzd_ok(["pack".as_ref(), input.as_os_str(), base.as_os_str()]);
+    let before = std::fs::read(&base).expect("read base");
+    let o = pack(&[
+        "--base".as_ref(),
+        base.as_os_str(),
+        other.as_os_str(),
+        base.as_os_str(),
+        "--force".as_ref(),
+    ]);
+    assert!(assert_clean_failure(&o, "base").contains("is the --base archive itself"));
+    assert_eq!(std::fs::read(&base).expect("read base"), before);
+    assert_eq!(std::fs::read(&input).expect("read input"), data);
+    assert_eq!(
+        listing(dir.path()),
+        ["alias.img", "base.hxz", "in.img", "other.img"]
+    );
+}
+
+#[test]
+fn a_stop_signal_removes_the_partial_output() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A sparse input of 64 GiB: long enough to be interrupted, no disk space used.
+    let input = dir.path().join("sparse.img");
+    std::fs::File::create(&input)
+        .and_then(|f| f.set_len(64 << 30))
+        .expect("sparse input");
+    let out = dir.path().join("out.hxz");
+    for signal in [nix::sys::signal::SIGINT, nix::sys::signal::SIGTERM] {
+        let child = hexzd()
+            .args(["pack".as_ref(), input.as_os_str(), out.as_os_str()])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        // Ready once its temporary file exists (it is created before the first block).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !listing(dir.path()).iter().any(|n| n.contains(".partial-")) {
+            assert!(std::time::Instant::now() < deadline, "no temporary file");
+            std::thread::yield_now();
+        }
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, signal).expect("kill");
+        let o = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(1), "{signal}: {:?} {err}", o.status);
+        assert!(err.contains("interrupted; nothing was written"), "{err}");
+        assert_eq!(listing(dir.path()), ["sparse.img"], "{signal}");
+    }
 }

@@ -6,17 +6,22 @@
 //! `4 × workers` blocks are in flight, and the dedup table is capped.
 //!
 //! The archive is written to a temporary file beside the output and moved into place only when
-//! complete, so a failure (a full disk, say) never leaves a partial archive behind.
+//! complete, so a failure (a full disk, say) or a stop signal never leaves a partial archive
+//! behind. The output is only ever a regular file: a device node or FIFO at its path is
+//! refused, never replaced, and so is an output that is one of the inputs.
 
 use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Read};
 use std::num::NonZeroUsize;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use crate::format::crypto::{BlockCipher, DEFAULT_ITERATIONS};
 use crate::format::writer::{ArchiveWriter, WriteError};
 use crate::format::{CodecError, Compression, EncryptionParams, Header, MAX_BLOCK_LEN, Stream};
+use crate::store::file::{FileError, not_a_file, open_raw_image};
 use crate::store::pool::Pool;
 use crate::store::{Engine, EngineConfig, OpenOptions, Snapshot, StoreError};
 
@@ -55,6 +60,9 @@ pub struct PackOptions {
     pub workers: usize,
     /// Show a progress line on stderr (only when it is a terminal).
     pub progress: bool,
+    /// Set by a stop signal (the CLI's SIGINT, SIGTERM, SIGHUP): the pack stops before its
+    /// next block with [`PackError::Interrupted`] and removes its temporary file.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl std::fmt::Debug for PackOptions {
@@ -100,6 +108,18 @@ pub enum PackError {
         #[source]
         source: io::Error,
     },
+    /// The input is not a file or block device (or cannot be opened as one).
+    #[error("cannot read input {0}")]
+    InputFile(FileError),
+    /// Something other than a regular file is at the output path (`/dev/null`, a FIFO).
+    #[error("{path} is {kind}; pack writes a regular file and replaces only a regular file", path = path.display())]
+    OutputNotAFile { path: PathBuf, kind: &'static str },
+    /// The output path names one of the inputs.
+    #[error("{path} is {role} itself; write the archive elsewhere", path = path.display())]
+    OutputIsInput { path: PathBuf, role: &'static str },
+    /// A stop signal arrived.
+    #[error("interrupted; nothing was written")]
+    Interrupted,
     /// The output exists and `--force` was not given.
     #[error("{path} already exists (use --force to replace it)", path = path.display())]
     OutputExists { path: PathBuf },
@@ -159,11 +179,26 @@ pub fn pack(input: &Path, output: &Path, options: &PackOptions) -> Result<PackSu
         let path = path.to_path_buf();
         move |source| PackError::Input { path, source }
     };
-    let main_file = File::open(input).map_err(input_err(input))?;
+    let main_file = open_raw_image(input).map_err(PackError::InputFile)?;
     let aux_file = match &options.aux {
-        Some(p) => Some(File::open(p).map_err(input_err(p))?),
+        Some(p) => Some(open_raw_image(p).map_err(PackError::InputFile)?),
         None => None,
     };
+    let mut inputs = vec![(main_file.meta.clone(), "the input")];
+    if let Some(a) = &aux_file {
+        inputs.push((a.meta.clone(), "the --aux input"));
+    }
+    let base_meta = match &options.base {
+        Some(b) => Some(std::fs::metadata(b).map_err(input_err(b))?),
+        None => None,
+    };
+    if let Some(m) = base_meta {
+        inputs.push((m, "the --base archive"));
+    }
+    check_output(output, &inputs)?;
+    // A block device's length comes from the open (its `st_size` is 0).
+    let total = main_file.len + aux_file.as_ref().map_or(0, |a| a.len);
+    let (main_file, aux_file) = (main_file.file, aux_file.map(|a| a.file));
     if !options.force && output.exists() {
         return Err(PackError::OutputExists {
             path: output.to_path_buf(),
@@ -242,11 +277,6 @@ pub fn pack(input: &Path, output: &Path, options: &PackOptions) -> Result<PackSu
         ArchiveWriter::new(BufWriter::with_capacity(1 << 20, file), header).map_err(write_err)?;
 
     let pool = Pool::new(workers).map_err(PackError::Threads)?;
-    let total = main_file.metadata().map_or(0, |m| m.len())
-        + aux_file
-            .as_ref()
-            .and_then(|f| f.metadata().ok())
-            .map_or(0, |m| m.len());
     let mut run = Run {
         output,
         pool: &pool,
@@ -260,6 +290,7 @@ pub fn pack(input: &Path, output: &Path, options: &PackOptions) -> Result<PackSu
         summary: PackSummary::default(),
         progress: Progress::new(options.progress && io::stderr().is_terminal(), total),
         in_flight_max: workers * 4,
+        stop: options.stop.clone(),
     };
     let main_bytes = run
         .stream(Stream::Main, main_file)
@@ -288,11 +319,41 @@ pub fn pack(input: &Path, output: &Path, options: &PackOptions) -> Result<PackSu
         })
     })?;
     drop(file);
+    // Once more just before the rename: the path may have changed while the input was read.
+    check_output(output, &inputs)?;
     commit(&tmp_path, output, options.force)?;
     temp.committed = true;
     summary.archive_bytes = ws.file_size;
     summary.blocks = ws.blocks;
     Ok(summary)
+}
+
+/// Refuses an output path where something other than a regular file is (a device node or
+/// FIFO: renaming over `/dev/null` would replace it), or that is one of the `inputs` (packing
+/// an image over itself). A missing output, or a dangling symbolic link, is fine.
+fn check_output(
+    output: &Path,
+    inputs: &[(std::fs::Metadata, &'static str)],
+) -> Result<(), PackError> {
+    let Ok(meta) = std::fs::metadata(output) else {
+        return Ok(());
+    };
+    if let Some(kind) = not_a_file(&meta) {
+        return Err(PackError::OutputNotAFile {
+            path: output.to_path_buf(),
+            kind,
+        });
+    }
+    match inputs
+        .iter()
+        .find(|(m, _)| m.dev() == meta.dev() && m.ino() == meta.ino())
+    {
+        Some((_, role)) => Err(PackError::OutputIsInput {
+            path: output.to_path_buf(),
+            role,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Moves the finished temporary file to `output`. Without `force`, a hard link makes the

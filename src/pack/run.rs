@@ -85,6 +85,8 @@ pub(super) struct Run<'a, W: Write + io::Seek> {
     pub(super) summary: PackSummary,
     pub(super) progress: Progress,
     pub(super) in_flight_max: usize,
+    /// Set by a stop signal ([`PackOptions::stop`](super::PackOptions::stop)).
+    pub(super) stop: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl<W: Write + io::Seek> Run<'_, W> {
@@ -105,6 +107,13 @@ impl<W: Write + io::Seek> Run<'_, W> {
         let first_index = self.writer.next_block_index();
         loop {
             while !eof && next_read - next_write < self.in_flight_max as u64 {
+                if self
+                    .stop
+                    .as_ref()
+                    .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+                {
+                    return Err(StreamError::Other(PackError::Interrupted));
+                }
                 let mut buf = vec![0u8; self.block_size as usize];
                 let n = read_full(&mut file, &mut buf).map_err(StreamError::Read)?;
                 if n == 0 {

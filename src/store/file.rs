@@ -145,6 +145,18 @@ pub fn open_archive(path: &Path) -> Result<Opened, FileError> {
     open_checked(path, true, ARCHIVE)
 }
 
+/// Opens the input of `pack`: a regular file or a block device, never blocking. A FIFO would
+/// hang the open with no message, and a character device (`/dev/zero`) never ends.
+pub fn open_raw_image(path: &Path) -> Result<Opened, FileError> {
+    open_checked(path, true, "a raw image (a file or a block device)")
+}
+
+/// What `meta` is when it is not a regular file ("a character device"), for a path about to
+/// be replaced; `None` for a regular file.
+pub fn not_a_file(meta: &Metadata) -> Option<&'static str> {
+    refused_kind(meta, false)
+}
+
 /// Reads a small regular file whole (a config file, a token, a password), never blocking.
 /// `what` names its role in errors ("a config file"); more than `max` bytes is an error.
 pub fn read_small(path: &Path, what: &'static str, max: u64) -> Result<Vec<u8>, FileError> {
