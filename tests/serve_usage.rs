@@ -214,3 +214,92 @@ fn caps_above_the_open_files_limit_are_lowered_and_said_in_one_line() {
         .count();
     assert_eq!(lowered, 1);
 }
+
+#[test]
+fn a_bad_listen_address_fails_serve_and_check_config_alike() {
+    let d = demo();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("hexzd.toml");
+    std::fs::write(&cfg, "[nbd]\nlisten = [\"127.0.0.1\"]\n").unwrap();
+    let cfg = cfg.to_str().unwrap();
+    for (args, place, why) in [
+        (
+            vec!["--nbd", "127.0.0.1:99999"],
+            "--nbd",
+            "the port is not a number",
+        ),
+        (vec!["--http", "127.0.0.1"], "--http", "no :PORT"),
+        (vec!["--nbd", ""], "--nbd", "no :PORT"),
+        (vec!["--http", ":8080"], "--http", "no host"),
+        (vec!["--config", cfg], "nbd.listen", "no :PORT"),
+    ] {
+        for check in [false, true] {
+            let mut all = args.clone();
+            if check {
+                all.push("--check-config");
+            }
+            all.push(&d);
+            let err = serve_fails(&all);
+            assert!(
+                err.contains(place) && err.contains("bad listen address") && err.contains(why),
+                "{all:?}: {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn check_config_says_when_only_socket_activation_could_give_serve_a_listener() {
+    let mut cmd = serve_command();
+    cmd.args(["--check-config", "--http", "off", "--nbd", "off", &demo()]);
+    let o = output(cmd);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("configuration OK") && out.contains("no listen address"),
+        "{out}"
+    );
+}
+
+/// The start-up lines go to stderr; a stderr that cannot be written (a full disk here, a
+/// closed pipe or a hung-up terminal elsewhere) must not stop the daemon from serving.
+#[test]
+fn serve_runs_when_its_stderr_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("nbd.sock");
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut cmd = serve_command();
+    cmd.args(["--http", "off", "--nbd", "off", "--nbd-unix"])
+        .arg(&sock)
+        .arg(demo())
+        .stdout(Stdio::null())
+        .stderr(full);
+    let mut child = cmd.spawn().unwrap();
+    // Ready once the socket exists and answers (the NBD greeting starts with "NBDMAGIC").
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut greeting = [0u8; 8];
+    loop {
+        if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&sock) {
+            use std::io::Read;
+            s.read_exact(&mut greeting).unwrap();
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "hexzd exited while starting"
+        );
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        std::thread::yield_now();
+    }
+    assert_eq!(&greeting, b"NBDMAGIC");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}

@@ -173,5 +173,17 @@ fn check_config(options: &Options) -> Result<String, DaemonError> {
     if let Some(a) = attach::describe_entries(&config.attach) {
         summary = format!("{summary}; {a}");
     }
+    // `serve` refuses to start with nothing to listen on, unless systemd passes it sockets,
+    // which a check (`systemctl reload` runs one) cannot know about.
+    let (h, n) = (&config.http, &config.nbd);
+    let none = [&h.listen, &h.listen_tls, &n.listen]
+        .iter()
+        .all(|l| l.is_empty());
+    if none && n.unix.is_empty() && config.attach.is_empty() {
+        summary.push_str(
+            "; no listen address: serve needs sockets passed by systemd (socket activation) \
+             and refuses to start without them",
+        );
+    }
     Ok(summary)
 }

@@ -150,6 +150,17 @@ pub(super) fn validate(
     if let Some(l) = ov.http_listen.clone().or(h.listen) {
         c.http.listen = l;
     }
+    let flag_or = |flag: bool, name, key: &str| {
+        if flag {
+            Place::Flag(name)
+        } else {
+            src.key(key)
+        }
+    };
+    let place = flag_or(ov.http_listen.is_some(), "--http", "http.listen");
+    listen_addresses(&place, &c.http.listen)?;
+    let place = flag_or(ov.https_listen.is_some(), "--https", "http.listen_tls");
+    listen_addresses(&place, &c.http.listen_tls)?;
     let s = &mut c.http.settings;
     if let Some(n) = h.max_connections {
         s.max_connections = src.key("http.max_connections").at_least_one(n)?;
@@ -174,6 +185,8 @@ pub(super) fn validate(
     if let Some(l) = ov.nbd_listen.clone().or(n.listen) {
         c.nbd.listen = l;
     }
+    let place = flag_or(ov.nbd_listen.is_some(), "--nbd", "nbd.listen");
+    listen_addresses(&place, &c.nbd.listen)?;
     if let Some(u) = &ov.nbd_unix {
         c.nbd.unix.clone_from(u);
     } else if let Some(u) = &n.unix {
@@ -249,6 +262,41 @@ pub(super) fn validate(
     // After the command line's archives: an entry may name one of them.
     c.attach = attachments(&src, &raw.attach, &c.snapshots)?;
     Ok(c)
+}
+
+/// Checks that every address has the form `serve` binds, so that `--check-config` (and a
+/// reload) refuses what start-up would: `HOST:PORT`, the port a number from 0 to 65535, the
+/// host an IP address (IPv6 in brackets) or a name. Names are resolved only when binding: a
+/// check must not wait on DNS.
+fn listen_addresses(place: &Place, list: &[String]) -> Result<(), ConfigError> {
+    for a in list {
+        if let Err(why) = listen_address(a) {
+            return Err(place.invalid(format!(
+                "bad listen address {a:?}: {why} (expected HOST:PORT, e.g. 127.0.0.1:8080 or \
+                 [::1]:8080)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn listen_address(a: &str) -> Result<(), &'static str> {
+    if a.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let Some((host, port)) = a.rsplit_once(':') else {
+        return Err("no :PORT");
+    };
+    if port.parse::<u16>().is_err() {
+        return Err("the port is not a number from 0 to 65535");
+    }
+    if host.is_empty() {
+        return Err("no host");
+    }
+    if host.starts_with('[') || host.ends_with(']') {
+        return Err("not an IPv6 address in brackets");
+    }
+    Ok(())
 }
 
 /// The file's `[[snapshot]]` entries: names unique and valid, at most one default, archives
