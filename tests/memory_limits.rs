@@ -8,7 +8,7 @@
 mod http_support;
 mod memory_support;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
@@ -446,4 +446,52 @@ fn small_cached_nbd_reads_left_unread_hold_no_memory_and_stop_only_their_connect
     }
     assert_eq!(d.metric("hexzd_buffer_memory_used_bytes"), 0);
     assert_eq!(d.metric("hexzd_nbd_send_timeouts_total"), 0);
+}
+
+/// A client that reads slowly but steadily is not a stalled one: it keeps its connection past
+/// the send timeout and gets every byte. Linux reports a TCP socket writable only once a third
+/// of its send buffer is free, and the buffer autotunes to megabytes: without TCP_NOTSENT_LOWAT
+/// (`serving::conn::NOTSENT_LOWAT`) this reader drained too little per send timeout and was
+/// closed as one that read nothing (found in review: 39 KB/s cut after a 5 s timeout). The
+/// client's receive buffer is fixed and small, as a slow client's is: a large one opens its
+/// window only after a sixteenth of it is read, which no server can see sooner.
+#[test]
+fn a_slow_but_steady_http_reader_outlives_the_send_timeout() {
+    let _t = turn();
+    let (archive, data) = http_support::cached_archive("memory", STREAM, 5);
+    let d = Daemon::start(&archive, "[limits]\nsend_timeout = \"2s\"\n");
+    let mut s = TcpStream::connect(d.http).unwrap();
+    socket2::SockRef::from(&s)
+        .set_recv_buffer_size(64 << 10)
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET /disk HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    // 8 KiB every 50 ms (160 KB/s) for two send timeouts. The pauses are the client's pace
+    // under test, not a wait for the server.
+    let slow_until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < slow_until {
+        let n = s.read(&mut buf[..8192]).unwrap();
+        assert!(n > 0, "closed after {} bytes", all.len());
+        all.extend_from_slice(&buf[..n]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        d.metric("hexzd_http_send_timeouts_total"),
+        0,
+        "cut as stalled"
+    );
+    s.read_to_end(&mut all).unwrap();
+    let end = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    assert!(
+        all[end + 4..] == data[..],
+        "{} body bytes",
+        all.len() - end - 4
+    );
+    assert_eq!(d.metric("hexzd_http_send_timeouts_total"), 0);
 }

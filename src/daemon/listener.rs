@@ -206,7 +206,10 @@ impl Listener {
         };
         // Accepted sockets do not inherit O_NONBLOCK on Linux; make sure anyway.
         match &conn {
-            Conn::Tcp(s) => s.set_nonblocking(false)?,
+            Conn::Tcp(s) => {
+                s.set_nonblocking(false)?;
+                crate::serving::conn::tune_accepted(s);
+            }
             Conn::Unix(s) => s.set_nonblocking(false)?,
         }
         Ok(conn)
