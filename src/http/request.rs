@@ -249,6 +249,13 @@ fn check_request_line(buf: &[u8]) -> Result<(), HeadError> {
         .unwrap_or(buf.len());
     let line = &buf[start..];
     let end = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
+    // The CR of a CRLF (or of one still to come) is not part of the line: a line of exactly
+    // the limit is accepted with either line ending.
+    let end = if end > 0 && line[end - 1] == b'\r' {
+        end - 1
+    } else {
+        end
+    };
     if end > MAX_REQUEST_LINE {
         return Err(HeadError::UriTooLong);
     }
@@ -424,6 +431,18 @@ mod tests {
         // Still incomplete but already too long.
         let partial = format!("GET /{}", "a".repeat(MAX_REQUEST_LINE + 1));
         assert_eq!(parse(partial.as_bytes()), Err(HeadError::UriTooLong));
+        // Exactly the limit, with CRLF or LF, passes; one byte more does not.
+        let target = |n: usize| format!("/{}", "a".repeat(n - "GET  HTTP/1.1".len() - 1));
+        for eol in ["\r\n", "\n"] {
+            let exact = format!("GET {} HTTP/1.1{eol}{eol}", target(MAX_REQUEST_LINE));
+            assert!(parse(exact.as_bytes()).is_ok(), "{eol:?}");
+            let over = format!("GET {} HTTP/1.1{eol}{eol}", target(MAX_REQUEST_LINE + 1));
+            assert_eq!(
+                parse(over.as_bytes()),
+                Err(HeadError::UriTooLong),
+                "{eol:?}"
+            );
+        }
         let many = format!(
             "GET / HTTP/1.1\r\n{}\r\n",
             "X-A: b\r\n".repeat(MAX_HEADERS + 1)

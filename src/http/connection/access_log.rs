@@ -52,14 +52,25 @@ impl Connection<'_> {
     }
 }
 
-/// Appends `s` with its control characters escaped, for a log line a client cannot forge.
+/// Appends `s` with its control characters, spaces, quotes and backslashes escaped, for a log
+/// line a client cannot forge: no new line, and no field boundary (a space, or the quote that
+/// ends the request field) that a parser splitting the line would take for the server's.
 fn push_printable(out: &mut String, s: &str) {
-    // Printable ASCII (what clients send) needs no look at each char.
-    if s.bytes().all(|b| (0x20..0x7f).contains(&b)) || !s.chars().any(char::is_control) {
+    // What clients send needs no look at each char.
+    if s.bytes()
+        .all(|b| (0x21..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
         out.push_str(s);
         return;
     }
-    out.extend(s.chars().flat_map(char::escape_default));
+    for c in s.chars() {
+        match c {
+            ' ' => out.push_str("\\x20"),
+            '"' | '\\' => out.extend(c.escape_default()),
+            c if c.is_control() => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -75,7 +86,13 @@ mod tests {
         };
         assert_eq!(shown("/disk"), "/disk");
         assert_eq!(shown("a\nb"), "a\\nb");
-        assert_eq!(shown("caf\u{e9} \u{85}"), "caf\\u{e9} \\u{85}");
+        assert_eq!(shown("caf\u{e9} \u{85}"), "caf\u{e9}\\x20\\u{85}");
         assert_eq!(shown("caf\u{e9}"), "caf\u{e9}");
+        // A Range value that would fake the status and size fields, and a quote in a target.
+        assert_eq!(
+            shown("bytes=0-1\" 200 999"),
+            "bytes=0-1\\\"\\x20200\\x20999"
+        );
+        assert_eq!(shown("/a\"b\\c"), "/a\\\"b\\\\c");
     }
 }
