@@ -175,10 +175,6 @@ pub fn pack(input: &Path, output: &Path, options: &PackOptions) -> Result<PackSu
     if !(MIN_BLOCK_SIZE..=MAX_BLOCK_LEN).contains(&block_size) {
         return Err(PackError::BlockSize(block_size));
     }
-    let input_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| PackError::Input { path, source }
-    };
     let main_file = open_raw_image(input).map_err(PackError::InputFile)?;
     let aux_file = match &options.aux {
         Some(p) => Some(open_raw_image(p).map_err(PackError::InputFile)?),
@@ -188,11 +184,8 @@ pub fn pack(input: &Path, output: &Path, options: &PackOptions) -> Result<PackSu
     if let Some(a) = &aux_file {
         inputs.push((a.meta.clone(), "the --aux input"));
     }
-    let base_meta = match &options.base {
-        Some(b) => Some(std::fs::metadata(b).map_err(input_err(b))?),
-        None => None,
-    };
-    if let Some(m) = base_meta {
+    // A base that cannot be read is reported when it is opened below, as a base archive.
+    if let Some(Ok(m)) = options.base.as_ref().map(std::fs::metadata) {
         inputs.push((m, "the --base archive"));
     }
     check_output(output, &inputs)?;
